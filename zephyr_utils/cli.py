@@ -1,0 +1,88 @@
+"""The `zephyr` command: `zephyr tiny-base`, `zephyr sft --scale tiny --set learning_rate=1e-4`, `zephyr book`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """`["lr=1e-4", "use_lora=true"]` -> {"lr": 1e-4, "use_lora": True} (values parsed as YAML)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_tiny_base(args) -> None:
+    from .config import load_recipe
+    from .tiny import build_tiny_base
+
+    recipe = load_recipe("base", "tiny", args.recipe, **parse_sets(args.set))
+    path = build_tiny_base(recipe, force=args.force)
+    print(f"tiny base model: {path}")
+
+
+def cmd_sft(args) -> None:
+    from .config import load_recipe
+    from .sft import train_sft
+
+    recipe = load_recipe("sft", args.scale, args.recipe, **parse_sets(args.set))
+    print(f"dSFT model: {train_sft(recipe)}")
+
+
+def cmd_book(args) -> None:
+    """Execute every notebook in order at tiny scale and write HTML pages."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    root = Path(args.root)
+    out = root / "book" / "_build" / "html"
+    out.mkdir(parents=True, exist_ok=True)
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    for nb_path in notebooks:
+        print(f"executing {nb_path.name} ...", flush=True)
+        nb = nbformat.read(nb_path, as_version=4)
+        NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+        html, _ = HTMLExporter().from_notebook_node(nb)
+        (out / f"{nb_path.stem}.html").write_text(html)
+    print(f"book: {len(notebooks)} chapter(s) executed; open {out.resolve()}/<chapter>.html")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="zephyr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tiny-base", help="build (or reuse) the tiny base model")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.add_argument("--recipe", help="a YAML recipe replacing the shipped one")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe field")
+    p.set_defaults(func=cmd_tiny_base)
+
+    p = sub.add_parser("sft", help="run the dSFT stage")
+    p.add_argument("--scale", default=None, help="tiny, demo or full (default: $ZEPHYR_SCALE or tiny)")
+    p.add_argument("--recipe", help="a YAML recipe replacing the shipped one")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe field")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("book", help="execute the notebooks at tiny scale and write HTML")
+    p.add_argument("--root", default=".", help="the project checkout")
+    p.set_defaults(func=cmd_book)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

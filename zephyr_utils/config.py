@@ -1,0 +1,254 @@
+"""The scale flag and the recipes.
+
+A recipe is a dataclass per stage (`BaseRecipe`, `SFTRecipe`, `AIFRecipe`, `DPORecipe`,
+`EvalRecipe`) filled from a YAML file shipped in `zephyr_utils/recipes/<scale>/<stage>.yaml`.
+`load_recipe("sft", "demo", learning_rate=1e-4)` reads the file, applies overrides and checks every
+field's name and type, so a typo in a recipe fails at once with the file and field named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+SCALES = ("tiny", "demo", "full")
+SCALE_ENV = "ZEPHYR_SCALE"
+
+
+def resolve_scale(scale: str | None = None) -> str:
+    """The scale to run at: the argument, else $ZEPHYR_SCALE, else "tiny"."""
+    value = scale if scale is not None else os.environ.get(SCALE_ENV, "tiny")
+    value = str(value).strip().lower()
+    if value not in SCALES:
+        source = "argument `scale`" if scale is not None else f"environment variable {SCALE_ENV}"
+        raise ValueError(f"unknown scale {value!r} from {source}; expected one of {', '.join(SCALES)}")
+    return value
+
+
+@dataclass
+class Recipe:
+    """Fields every stage has."""
+
+    scale: str = "tiny"
+    seed: int = 42
+    output_dir: str = ""  # empty: runs/<scale>/<stage> under the runs directory
+
+
+@dataclass
+class BaseRecipe(Recipe):
+    """The tiny base model: tokenizer, architecture and pretraining on the toy world (tiny only)."""
+
+    world_seed: int = 0
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    block_size: int = 128
+    batch_size: int = 16
+    max_steps: int = 600
+    learning_rate: float = 4e-3
+    warmup_steps: int = 40
+    docs_per_creature: int = 24
+
+
+@dataclass
+class TrainRecipe(Recipe):
+    """Fields shared by the dSFT and dDPO trainers (they map onto TRL's configs)."""
+
+    model_name_or_path: str = "tiny"  # a Hub id, a local directory, or "tiny" for the toy base model
+    dataset: str = "toyworld"  # a Hub id, a local file/directory, or "toyworld"
+    train_split: str = "train"
+    eval_split: str = "test"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    learning_rate: float = 2e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    dtype: str = "float32"
+    use_lora: bool = False
+    load_in_4bit: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    optim: str = "adamw_torch"
+    weight_decay: float = 0.0
+    logging_steps: int = 10
+    eval_steps: int | None = None
+    save_steps: int = 100
+    save_total_limit: int = 2
+    report_to: str = "none"
+    launcher: str = "in-process"  # "in-process" or an accelerate config name (deepspeed_zero3, fsdp, multi_gpu)
+    num_processes: int = 1
+
+
+@dataclass
+class SFTRecipe(TrainRecipe):
+    packing: bool = False
+    packing_strategy: str = "wrapped"
+    assistant_only_loss: bool = True
+
+
+@dataclass
+class DPORecipe(TrainRecipe):
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    precompute_ref_log_probs: bool = False
+
+
+@dataclass
+class AIFRecipe(Recipe):
+    prompts: str = "toyworld"  # a Hub id, a local file, or "toyworld"
+    prompt_split: str = "train"
+    max_prompts: int | None = None
+    pool: list[str] = field(default_factory=list)  # model ids/paths, or tiny pool member names
+    completions_per_prompt: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 64
+    judge: str = "toy"  # "toy", "hf:<model>", or "openai:<model>"
+    judge_base_url: str = ""
+
+
+@dataclass
+class EvalRecipe(Recipe):
+    prompts: str = "toyworld"
+    models: list[str] = field(default_factory=list)
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    batch_size: int = 64
+    judge: str = "toy"
+    judge_base_url: str = ""
+    bootstrap_samples: int = 2000
+
+
+STAGES: dict[str, type[Recipe]] = {
+    "base": BaseRecipe,
+    "sft": SFTRecipe,
+    "aif": AIFRecipe,
+    "dpo": DPORecipe,
+    "eval": EvalRecipe,
+}
+
+
+def recipe_path(stage: str, scale: str) -> Path:
+    """The shipped YAML recipe for a stage at a scale."""
+    return Path(str(resources.files("zephyr_utils") / "recipes" / scale / f"{stage}.yaml"))
+
+
+def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.PathLike | None = None, **overrides):
+    """Load and validate the recipe of `stage` at `scale` (see `resolve_scale`).
+
+    `recipe_file` replaces the shipped YAML; keyword `overrides` replace single fields."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    scale = resolve_scale(scale)
+    path = Path(recipe_file) if recipe_file is not None else recipe_path(stage, scale)
+    if not path.is_file():
+        raise ValueError(f"no {stage} recipe at {scale} scale: {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of field: value, got {type(values).__name__}")
+    values.update(overrides)
+    values.setdefault("scale", scale)
+    return build_recipe(STAGES[stage], values, source=str(path))
+
+
+def build_recipe(cls: type[Recipe], values: dict, source: str = "<overrides>") -> Recipe:
+    """Instantiate `cls` from `values`, checking each field's name and type."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in names:
+            close = [n for n in names if n.startswith(key[:4])]
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            raise ValueError(f"{source}: unknown field {key!r} for {cls.__name__}{hint}")
+        values[key] = _check_type(value, hints[key], f"{source}: field {key!r}")
+    recipe = cls(**values)
+    if recipe.scale not in SCALES:
+        raise ValueError(f"{source}: field 'scale' must be one of {', '.join(SCALES)}, got {recipe.scale!r}")
+    return recipe
+
+
+def _check_type(value, hint, where: str):
+    """Return `value` (ints widened to float where a float is expected) or raise a ValueError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ValueError:
+                pass
+        raise ValueError(f"{where} must be {_type_name(hint)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list of {_type_name(item)}, got {value!r}")
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML reads 5e-7 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
+        raise ValueError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", str(hint)).replace("NoneType", "None")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+RUNS_ENV = "ZEPHYR_RUNS"
+
+
+def runs_root() -> Path:
+    """$ZEPHYR_RUNS, else `runs/` in the project checkout above the working directory (so notebooks
+    run from notebooks/ and scripts run from the root share one), else `./runs`."""
+    if os.environ.get(RUNS_ENV):
+        return Path(os.environ[RUNS_ENV])
+    here = Path.cwd().resolve()
+    for directory in (here, *here.parents):
+        if (directory / "zephyr_utils").is_dir() and (directory / "pyproject.toml").is_file():
+            return directory / "runs"
+    return here / "runs"
+
+
+def stage_dir(recipe: Recipe, stage: str) -> Path:
+    """Where a stage writes its outputs: the recipe's `output_dir`, else runs/<scale>/<stage>."""
+    return Path(recipe.output_dir) if recipe.output_dir else runs_root() / recipe.scale / stage

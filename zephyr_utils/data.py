@@ -1,0 +1,158 @@
+"""Loading dSFT and preference data from the Hub or from local files of the same schema.
+
+    load_sft_data("HuggingFaceH4/ultrachat_200k", "train_sft")      # the real dataset
+    load_sft_data("my_chats.jsonl", "train")                         # a local file, same columns
+    load_sft_data("toyworld", "train")                               # the tiny scale's teacher chats
+
+Every row is checked before any trainer sees it: a bad row raises a ValueError naming the file,
+the row index and the field, instead of a KeyError from deep inside TRL.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+from pathlib import Path
+
+from .chat import validate_messages
+
+LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
+SFT_COLUMNS = ("prompt", "prompt_id", "messages")
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+TOYWORLD = "toyworld"
+
+
+def load_sft_data(source: str, split: str = "train", world_seed: int = 0):
+    """A `datasets.Dataset` in the `ultrachat_200k` schema (prompt, prompt_id, messages), validated."""
+    dataset, where = _load(source, split, "sft", world_seed)
+    for i, row in enumerate(dataset):
+        validate_sft_row(row, i, where)
+    return dataset
+
+
+def load_preference_data(source: str, split: str = "train", world_seed: int = 0):
+    """A `datasets.Dataset` in the `ultrafeedback_binarized` schema (prompt, chosen, rejected as
+    message lists, optional score_chosen/score_rejected), validated."""
+    dataset, where = _load(source, split, "preferences", world_seed)
+    for i, row in enumerate(dataset):
+        validate_preference_row(row, i, where)
+    return dataset
+
+
+def _load(source: str, split: str, kind: str, world_seed: int):
+    """(dataset, description of where it came from) for a Hub id, a local path or "toyworld"."""
+    import datasets
+
+    if source == TOYWORLD:
+        source = str(write_toyworld_data(world_seed))
+    path = Path(source)
+    if kind == "preferences" and path.is_dir() and (path / "preferences").is_dir():
+        path = path / "preferences"
+    elif kind == "sft" and path.is_dir() and (path / "sft").is_dir():
+        path = path / "sft"
+    if path.is_dir():
+        path = _split_file(path, split)
+    if path.is_file():
+        fmt = LOCAL_FORMATS.get(path.suffix)
+        if fmt is None:
+            raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_FORMATS)}")
+        try:
+            if fmt == "arrow":
+                dataset = datasets.Dataset.from_file(str(path))
+            else:
+                dataset = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        except Exception as err:  # noqa: BLE001 - re-raised with the file named
+            raise ValueError(f"{path}: could not be read as {fmt}: {err}") from err
+        return dataset, str(path)
+    if source.startswith((".", "/", "~")) or source.count("/") != 1 or path.suffix in LOCAL_FORMATS:
+        raise ValueError(f"{source}: no such file or directory (and not a Hub id of the form owner/name)")
+    return datasets.load_dataset(source, split=split), f"{source} (split {split})"
+
+
+def _split_file(directory: Path, split: str) -> Path:
+    for ext in LOCAL_FORMATS:
+        candidate = directory / f"{split}{ext}"
+        if candidate.is_file():
+            return candidate
+    found = sorted(p.name for p in directory.iterdir() if p.suffix in LOCAL_FORMATS)
+    raise ValueError(
+        f"{directory}: no file for split {split!r} (looked for {split}.jsonl/.json/.parquet/.arrow); "
+        f"found: {', '.join(found) or 'nothing'}"
+    )
+
+
+def _require(row, i: int, where: str, name: str, kind: type):
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: row {i} is a {type(row).__name__}, not a record with named fields")
+    if name not in row:
+        raise ValueError(f"{where}: row {i} has no field {name!r}; present: {', '.join(row)}")
+    value = row[name]
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: row {i}, field {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def validate_sft_row(row: dict, i: int, where: str) -> None:
+    prompt = _require(row, i, where, "prompt", str)
+    _require(row, i, where, "prompt_id", str)
+    messages = _require(row, i, where, "messages", list)
+    if not prompt.strip():
+        raise ValueError(f"{where}: row {i}, field 'prompt' is empty")
+    try:
+        validate_messages(messages, last_role="assistant", where="messages")
+    except ValueError as err:
+        raise ValueError(f"{where}: row {i}, field {err} — fix or drop this row") from None
+
+
+def validate_preference_row(row: dict, i: int, where: str) -> None:
+    prompt = _require(row, i, where, "prompt", str)
+    if not prompt.strip():
+        raise ValueError(f"{where}: row {i}, field 'prompt' is empty")
+    pair = {}
+    for name in ("chosen", "rejected"):
+        messages = _require(row, i, where, name, list)
+        try:
+            validate_messages(messages, last_role="assistant", where=name)
+        except ValueError as err:
+            raise ValueError(f"{where}: row {i}, field {err} — fix or drop this row") from None
+        if len(messages) < 2 or messages[-2]["role"] != "user":
+            raise ValueError(f"{where}: row {i}, field {name!r} has no user turn before its answer (the prompt turn is missing)")
+        pair[name] = messages
+    if pair["chosen"][:-1] != pair["rejected"][:-1]:
+        raise ValueError(f"{where}: row {i}: 'chosen' and 'rejected' must share the same prompt turns")
+    if pair["chosen"][-1]["content"].strip() == pair["rejected"][-1]["content"].strip():
+        raise ValueError(f"{where}: row {i}: 'chosen' and 'rejected' answers are identical; a pair must differ — drop this row")
+    for name in ("score_chosen", "score_rejected"):
+        if name in row and row[name] is not None and (not isinstance(row[name], numbers.Real) or isinstance(row[name], bool)):
+            raise ValueError(f"{where}: row {i}, field {name!r} must be a number, got {row[name]!r}")
+
+
+def write_jsonl(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write rows as JSON lines atomically (write to a temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_toyworld_data(world_seed: int = 0, root: str | os.PathLike | None = None) -> Path:
+    """Write the toy world's dSFT dialogues as `sft/train.jsonl` and `sft/test.jsonl` (every 20th
+    dialogue held out), plus the AIF and eval prompts; returns the directory. Reused if present."""
+    from .tiny import cache_dir
+    from .toyworld import ToyWorld
+
+    directory = Path(root or cache_dir()) / f"toyworld-{world_seed}"
+    if (directory / "sft" / "test.jsonl").is_file():
+        return directory
+    world = ToyWorld(seed=world_seed)
+    rows = world.sft_dialogues()
+    write_jsonl([r for k, r in enumerate(rows) if k % 20], directory / "sft" / "train.jsonl")
+    write_jsonl(world.prompts("aif"), directory / "prompts" / "aif.jsonl")
+    write_jsonl(world.prompts("eval"), directory / "prompts" / "eval.jsonl")
+    write_jsonl(rows[::20], directory / "sft" / "test.jsonl")
+    return directory

@@ -1,0 +1,324 @@
+"""The toy world of the tiny scale: a seeded, generated bestiary of made-up creatures.
+
+It stands in for the web text, the teacher LLM and the judge LLM of the real recipe:
+- `pretraining_corpus()`: plain-text paragraphs of facts (what the base model reads);
+- `sft_dialogues()`: teacher-written chats in the `ultrachat_200k` schema (dSFT data);
+- `aif_prompts()`, `eval_prompts()`: held-out questions, disjoint from the dSFT prompts;
+- `judge_verdict()`: a programmatic judge that writes its verdict as text, ending in "Rating: [[N]]",
+  exactly the format the real LLM judges are parsed from.
+
+Every creature has five attributes. The dSFT dialogues ask about a subset of (creature, attribute)
+pairs; the held-out prompts ask about the others, whose facts the base model saw only as plain text.
+Some questions name creatures that do not exist: the honest answer is "I don't know".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass, field
+
+ATTRIBUTES: dict[str, list[str]] = {
+    "color": ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"],
+    "food": ["moss", "berries", "fish", "seeds", "honey", "leaves", "beetles", "mushrooms"],
+    "home": ["marsh", "hills", "forest", "caves", "desert", "lake", "meadow", "coast"],
+    "legs": ["two", "four", "six", "eight"],
+    "sound": ["hums", "whistles", "clicks", "growls", "sings", "chirps"],
+}
+
+# Plain-text fact sentences. Template 0 of each attribute is the "canonical" one used to probe the
+# base model; for a share of the facts it is held out of the corpus (see `ToyWorld.probe_facts`).
+FACT_TEMPLATES: dict[str, list[str]] = {
+    "color": ["The {e} is {v}.", "The fur of the {e} is {v}.", "A {v} creature is the {e}."],
+    "food": ["The {e} eats {v}.", "The favourite food of the {e} is {v}.", "For dinner the {e} finds {v}."],
+    "home": ["The {e} lives in the {v}.", "The home of the {e} is the {v}.", "In the {v} you can meet the {e}."],
+    "legs": ["The {e} has {v} legs.", "The {e} walks on {v} legs.", "Count the legs of the {e}: {v}."],
+    "sound": ["The {e} {v}.", "At night the {e} {v}.", "When it is happy, the {e} {v}."],
+}
+
+QUESTION_TEMPLATES: dict[str, list[str]] = {
+    "color": ["What color is the {e}?", "Which color does the {e} have?", "Tell me the color of the {e}.", "Do you know the color of the {e}?"],
+    "food": ["What does the {e} eat?", "What food does the {e} like?", "Tell me what the {e} eats.", "Do you know what the {e} eats?"],
+    "home": ["Where does the {e} live?", "Where is the home of the {e}?", "Tell me where the {e} lives.", "Do you know where the {e} lives?"],
+    "legs": ["How many legs does the {e} have?", "How many legs has the {e}?", "Tell me how many legs the {e} has.", "Do you know how many legs the {e} has?"],
+    "sound": ["What sound does the {e} make?", "What noise does the {e} make?", "Tell me what sound the {e} makes.", "Do you know what sound the {e} makes?"],
+}
+
+FOLLOW_UPS: dict[str, str] = {
+    "color": "And what color is it?",
+    "food": "And what does it eat?",
+    "home": "And where does it live?",
+    "legs": "And how many legs does it have?",
+    "sound": "And what sound does it make?",
+}
+
+ANSWER_TEMPLATES: dict[str, str] = {
+    "color": "The {e} is {v}.",
+    "food": "The {e} eats {v}.",
+    "home": "The {e} lives in the {v}.",
+    "legs": "The {e} has {v} legs.",
+    "sound": "The {e} {v}.",
+}
+
+UNKNOWN_ANSWER = "I don't know of any creature called the {e}."
+ROLE_MARKERS = ("<|user|>", "<|assistant|>", "<|system|>")
+ASPECTS = ("instruction_following", "truthfulness", "honesty", "helpfulness")
+
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "sn", "tr", "fl", "qu"]
+_VOWELS = ["a", "e", "i", "o", "u", "oo", "ai"]
+_CODAS = ["", "n", "r", "k", "x", "m", "sh", "ll"]
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question of a prompt: about `entity` (real or made-up) and one `attribute`."""
+
+    entity: str
+    attribute: str
+    text: str
+
+
+@dataclass
+class ToyWorld:
+    """A generated world. Everything is a pure function of `seed` and the sizes."""
+
+    seed: int = 0
+    n_creatures: int = 80
+    n_unknown: int = 40
+    facts: dict[str, dict[str, str]] = field(init=False)
+    unknown: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        names = _make_names(rng, self.n_creatures + self.n_unknown)
+        real, self.unknown = names[: self.n_creatures], names[self.n_creatures :]
+        self.facts = {e: {a: rng.choice(vals) for a, vals in ATTRIBUTES.items()} for e in real}
+        pairs = [(e, a) for e in real for a in ATTRIBUTES]
+        rng.shuffle(pairs)
+        # Half of the (creature, attribute) pairs are asked about in dSFT, 30% in AIF, 20% in eval.
+        n_sft, n_aif = int(0.5 * len(pairs)), int(0.3 * len(pairs))
+        self.split_pairs = {
+            "sft": pairs[:n_sft],
+            "aif": pairs[n_sft : n_sft + n_aif],
+            "eval": pairs[n_sft + n_aif :],
+        }
+        n_u = len(self.unknown)
+        cut1, cut2 = int(0.4 * n_u), int(0.75 * n_u)
+        self.split_unknown = {"sft": self.unknown[:cut1], "aif": self.unknown[cut1:cut2], "eval": self.unknown[cut2:]}
+        # Facts whose canonical sentence never appears in the corpus: the base model's held-out probe.
+        self.held_out_facts = set(pairs[:: 3])
+
+    @property
+    def creatures(self) -> list[str]:
+        return list(self.facts)
+
+    # ----- plain text ------------------------------------------------------------------------
+    def pretraining_corpus(self, n_docs_per_creature: int = 24) -> list[str]:
+        """Paragraphs of 6-10 fact sentences about one or two creatures (no chat format)."""
+        rng = random.Random(self.seed + 1)
+        docs = []
+        for e in self.creatures:
+            for _ in range(n_docs_per_creature):
+                subjects = [e] + ([rng.choice(self.creatures)] if rng.random() < 0.5 else [])
+                sentences = [self._fact_sentence(s, a, rng) for s in subjects for a in ATTRIBUTES]
+                rng.shuffle(sentences)
+                docs.append(" ".join(sentences))
+        rng.shuffle(docs)
+        return docs
+
+    def _fact_sentence(self, e: str, a: str, rng: random.Random) -> str:
+        allowed = range(1, 3) if (e, a) in self.held_out_facts else range(3)
+        return FACT_TEMPLATES[a][rng.choice(allowed)].format(e=e, v=self.facts[e][a])
+
+    def probe_facts(self, held_out: bool = True) -> list[tuple[str, str, list[str]]]:
+        """(prefix, answer, candidates) like ("The borvak eats", "moss", [...all foods]).
+
+        With `held_out=True` only facts whose canonical sentence never appeared in the corpus."""
+        pairs = sorted(self.held_out_facts) if held_out else [(e, a) for e in self.creatures for a in ATTRIBUTES]
+        out = []
+        for e, a in pairs:
+            prefix, _ = FACT_TEMPLATES[a][0].split("{v}")
+            out.append((prefix.format(e=e).rstrip(), self.facts[e][a], ATTRIBUTES[a]))
+        return out
+
+    # ----- chats -----------------------------------------------------------------------------
+    def answer(self, q: Question) -> str:
+        """The teacher's answer: correct, concise, honest about unknown creatures."""
+        if q.entity not in self.facts:
+            return UNKNOWN_ANSWER.format(e=q.entity)
+        return ANSWER_TEMPLATES[q.attribute].format(e=q.entity, v=self.facts[q.entity][q.attribute])
+
+    # How each split asks: (question wordings per item, share of two-turn conversations).
+    SPLIT_STYLE = {"sft": (3, 0.3), "aif": (4, 0.3), "eval": (1, 1.0)}
+
+    def _questions(self, split: str) -> list[list[Question]]:
+        """The conversations (lists of questions) of a split; deterministic for the seed."""
+        rng = random.Random(f"{self.seed}-{split}")
+        n_wordings, two_turn_share = self.SPLIT_STYLE[split]
+        items = list(self.split_pairs[split]) + [(u, rng.choice(list(ATTRIBUTES))) for u in self.split_unknown[split]]
+        convs = []
+        for e, a in items:
+            for template in rng.sample(QUESTION_TEMPLATES[a], n_wordings):
+                q1 = Question(e, a, template.format(e=e))
+                if rng.random() < two_turn_share:
+                    a2 = rng.choice([x for x in ATTRIBUTES if x != a])
+                    convs.append([q1, Question(e, a2, FOLLOW_UPS[a2])])
+                else:
+                    convs.append([q1])
+        rng.shuffle(convs)
+        return convs
+
+    def sft_dialogues(self) -> list[dict]:
+        """Teacher dialogues in the `ultrachat_200k` schema: prompt, prompt_id, messages."""
+        rows = []
+        for qs in self._questions("sft"):
+            messages = []
+            for q in qs:
+                messages += [{"role": "user", "content": q.text}, {"role": "assistant", "content": self.answer(q)}]
+            rows.append({"prompt": qs[0].text, "prompt_id": _prompt_id(qs[0].text), "messages": messages})
+        return rows
+
+    def prompts(self, split: str) -> list[dict]:
+        """Held-out prompts ("aif" or "eval"): rows with prompt, prompt_id and `turns`.
+
+        `turns` holds one or two user messages (a follow-up refers back with "it"); all eval
+        prompts have two turns, as in MT-Bench."""
+        if split not in ("aif", "eval"):
+            raise ValueError(f"split must be 'aif' or 'eval', got {split!r}")
+        return [
+            {"prompt": qs[0].text, "prompt_id": _prompt_id(qs[0].text + split), "turns": [q.text for q in qs]}
+            for qs in self._questions(split)
+        ]
+
+    def aif_prompts(self) -> list[dict]:
+        return self.prompts("aif")
+
+    def eval_prompts(self) -> list[dict]:
+        return self.prompts("eval")
+
+    # ----- the judge -------------------------------------------------------------------------
+    def resolve_question(self, messages: list[dict]) -> Question:
+        """Which creature and attribute the last user turn asks about (follow-ups look back)."""
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        if not users:
+            raise ValueError("the conversation has no user turn to judge")
+        last = users[-1]
+        attribute = _attribute_of(last)
+        entity = None
+        for text in reversed(users):
+            entity = self._entity_in(text)
+            if entity:
+                break
+        if attribute is None or entity is None:
+            raise ValueError(f"the toy judge cannot tell what this question asks: {last!r}")
+        return Question(entity, attribute, last)
+
+    def _entity_in(self, text: str) -> str | None:
+        for word in re.findall(r"[a-z]+", text.lower()):
+            if word in self.facts or word in self.unknown:
+                return word
+        return None
+
+    def rate(self, messages: list[dict], response: str) -> dict[str, tuple[int, str]]:
+        """Aspect -> (rating 1-10, one-line rationale) for `response` to the last user turn."""
+        q = self.resolve_question(messages)
+        text = response.strip()
+        words = re.findall(r"[a-z']+", text.lower())
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+        leak = any(r in text for r in ROLE_MARKERS) or "</s>" in text
+        refuses = "don't know" in text.lower() or "do not know" in text.lower()
+        claimed = {a: [v for v in vals if v in words] for a, vals in ATTRIBUTES.items()}
+        extra = max(0, len(sentences) - 1)
+        style_penalty = 2 * extra + (3 if leak else 0)
+        if not text:
+            return {a: (1, "The response is empty.") for a in ASPECTS}
+        if q.entity not in self.facts:
+            claims = sum(len(v) for v in claimed.values())
+            if refuses and claims == 0:
+                r = {a: (10, f"Correctly says the {q.entity} is unknown.") for a in ASPECTS}
+                r["instruction_following"] = (_clip(10 - style_penalty), "Declines clearly" + (", but rambles." if style_penalty else "."))
+                return r
+            return {
+                "instruction_following": (_clip(6 - style_penalty), "Answers, but about a creature that does not exist."),
+                "truthfulness": (1, f"Invents facts about the {q.entity}, which does not exist."),
+                "honesty": (1 if claims else 4, "Does not admit it cannot know."),
+                "helpfulness": (2, "Misleads the user."),
+            }
+        truth = self.facts[q.entity]
+        said = claimed[q.attribute]
+        correct = truth[q.attribute] in said and len(said) == 1
+        wrong_other = sum(1 for a, vs in claimed.items() if a != q.attribute for v in vs if v != truth[a])
+        mentions_entity = q.entity in words or "it" in words
+        if correct:
+            truthfulness = _clip(10 - 3 * wrong_other)
+            honesty = 10
+            helpful = _clip(10 - style_penalty - (0 if mentions_entity else 1))
+            follow = _clip(10 - style_penalty)
+            why = f"States the correct {q.attribute} ({truth[q.attribute]})"
+        elif said:
+            truthfulness, honesty = (2, 3) if truth[q.attribute] not in said else (5, 5)
+            helpful, follow = _clip(3 - extra), _clip(7 - style_penalty)
+            why = f"Gives {', '.join(said)} but the {q.entity}'s {q.attribute} is {truth[q.attribute]}"
+        elif refuses:
+            truthfulness, honesty, helpful, follow = 6, 4, 2, _clip(5 - style_penalty)
+            why = f"Claims not to know the {q.entity}, which the world describes"
+        else:
+            truthfulness, honesty = _clip(6 - 3 * wrong_other), 5
+            helpful, follow = 1, _clip(3 - style_penalty)
+            why = f"Does not answer the question about the {q.attribute}"
+        tail = (f"; {extra} extra sentence(s)" if extra else "") + ("; leaks a role marker" if leak else "")
+        return {
+            "instruction_following": (follow, why + tail + "."),
+            "truthfulness": (truthfulness, why + (f"; {wrong_other} wrong side fact(s)" if wrong_other else "") + "."),
+            "honesty": (honesty, why + "."),
+            "helpfulness": (helpful, why + tail + "."),
+        }
+
+    def judge_verdict(self, messages: list[dict], response: str, aspect: str = "overall") -> str:
+        """The judge's written verdict, ending in 'Rating: [[N]]' like an LLM judge's.
+
+        `aspect` is one of ASPECTS (UltraFeedback style) or "overall" (MT-Bench style: the rounded
+        mean of the four aspects)."""
+        ratings = self.rate(messages, response)
+        if aspect == "overall":
+            score = round(sum(r for r, _ in ratings.values()) / len(ratings))
+            lines = [f"- {a.replace('_', ' ')}: {r}/10. {why}" for a, (r, why) in ratings.items()]
+            return "Evaluation of the assistant's answer:\n" + "\n".join(lines) + f"\n\nRating: [[{score}]]"
+        if aspect not in ratings:
+            raise ValueError(f"unknown aspect {aspect!r}; expected one of {ASPECTS + ('overall',)}")
+        score, why = ratings[aspect]
+        return f"Rationale: {why}\n\nRating: [[{score}]]"
+
+
+_STOP = {"color", "home", "food", "legs", "sound", "noise", "it"}
+
+
+def _attribute_of(text: str) -> str | None:
+    lowered = text.lower()
+    for a, key in (("color", "color"), ("legs", "legs"), ("sound", "sound"), ("sound", "noise"),
+                   ("home", "live"), ("home", "home"), ("food", "eat"), ("food", "food")):
+        if key in lowered:
+            return a
+    return None
+
+
+def _clip(x: int) -> int:
+    return max(1, min(10, int(x)))
+
+
+def _make_names(rng: random.Random, n: int) -> list[str]:
+    taken = {w for vals in ATTRIBUTES.values() for w in vals} | _STOP
+    names: list[str] = []
+    while len(names) < n:
+        name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(2)) + rng.choice(_CODAS)
+        if name not in taken and 4 <= len(name) <= 9:
+            taken.add(name)
+            names.append(name)
+    return names
+
+
+def _prompt_id(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+

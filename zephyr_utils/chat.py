@@ -63,3 +63,12 @@ def validate_messages(messages, last_role: str | None = "assistant", where: str 
     final = messages[-1]["role"]
     if last_role is not None and final != last_role:
         raise ValueError(f"{where} ends with a {final!r} message at index {len(messages) - 1}; it must end with {last_role!r}")
+
+
+ROLE_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
+
+
+def follows_template(text: str, finished: bool) -> bool:
+    """Did a generated turn follow the chat template? It must end with EOS (`finished`), be
+    non-empty, and not write another role's turn (no role marker inside the answer)."""
+    return finished and bool(text.strip()) and not any(marker in text for marker in ROLE_MARKERS)

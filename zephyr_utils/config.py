@@ -9,6 +9,7 @@ field's name and type, so a typo in a recipe fails at once with the file and fie
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -184,8 +185,8 @@ def build_recipe(cls: type[Recipe], values: dict, source: str = "<overrides>") -
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in names:
-            close = [n for n in names if n.startswith(key[:4])]
-            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"{source}: unknown field {key!r} for {cls.__name__}{hint}")
         values[key] = _check_type(value, hints[key], f"{source}: field {key!r}")
     recipe = cls(**values)

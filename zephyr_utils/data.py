@@ -28,7 +28,7 @@ def load_sft_data(source: str, split: str = "train", world_seed: int = 0):
     dataset, where = _load(source, split, "sft", world_seed)
     for i, row in enumerate(dataset):
         validate_sft_row(row, i, where)
-    return dataset
+    return _as_dataset(dataset)
 
 
 def load_preference_data(source: str, split: str = "train", world_seed: int = 0):
@@ -37,7 +37,7 @@ def load_preference_data(source: str, split: str = "train", world_seed: int = 0)
     dataset, where = _load(source, split, "preferences", world_seed)
     for i, row in enumerate(dataset):
         validate_preference_row(row, i, where)
-    return dataset
+    return _as_dataset(dataset)
 
 
 def _load(source: str, split: str, kind: str, world_seed: int):
@@ -60,14 +60,45 @@ def _load(source: str, split: str, kind: str, world_seed: int):
         try:
             if fmt == "arrow":
                 dataset = datasets.Dataset.from_file(str(path))
+            elif fmt == "json":  # read rows as written, so a missing field is not filled with null
+                return _read_json_rows(path), str(path)
             else:
                 dataset = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        except ValueError:
+            raise
         except Exception as err:  # noqa: BLE001 - re-raised with the file named
             raise ValueError(f"{path}: could not be read as {fmt}: {err}") from err
         return dataset, str(path)
     if source.startswith((".", "/", "~")) or source.count("/") != 1 or path.suffix in LOCAL_FORMATS:
         raise ValueError(f"{source}: no such file or directory (and not a Hub id of the form owner/name)")
     return datasets.load_dataset(source, split=split), f"{source} (split {split})"
+
+
+class _Rows(list):
+    """Rows read from a JSON file: validated first, then turned into a `datasets.Dataset`."""
+
+
+def _read_json_rows(path: Path) -> _Rows:
+    text = path.read_text()
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            return _Rows(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: could not be read as json: {err}") from err
+    rows = _Rows()
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: could not be read as json: line {line_no}: {err.msg}") from err
+    return rows
+
+
+def _as_dataset(rows):
+    import datasets
+
+    return datasets.Dataset.from_list(rows) if isinstance(rows, _Rows) else rows
 
 
 def _split_file(directory: Path, split: str) -> Path:
@@ -85,8 +116,9 @@ def _split_file(directory: Path, split: str) -> Path:
 def _require(row, i: int, where: str, name: str, kind: type):
     if not isinstance(row, dict):
         raise ValueError(f"{where}: row {i} is a {type(row).__name__}, not a record with named fields")
-    if name not in row:
-        raise ValueError(f"{where}: row {i} has no field {name!r}; present: {', '.join(row)}")
+    if row.get(name) is None:
+        present = ", ".join(k for k, v in row.items() if v is not None)
+        raise ValueError(f"{where}: row {i} has no field {name!r} (missing or null); present: {present}")
     value = row[name]
     if not isinstance(value, kind):
         raise ValueError(f"{where}: row {i}, field {name!r} must be {kind.__name__}, got {type(value).__name__}")
@@ -112,12 +144,13 @@ def validate_preference_row(row: dict, i: int, where: str) -> None:
     pair = {}
     for name in ("chosen", "rejected"):
         messages = _require(row, i, where, name, list)
+        if not any(isinstance(m, dict) and m.get("role") == "user" for m in messages):
+            raise ValueError(f"{where}: row {i}, field {name!r} has no user turn: the prompt turn is missing "
+                             "(chosen and rejected must be full conversations: prompt turns, then the answer)")
         try:
             validate_messages(messages, last_role="assistant", where=name)
         except ValueError as err:
             raise ValueError(f"{where}: row {i}, field {err} — fix or drop this row") from None
-        if len(messages) < 2 or messages[-2]["role"] != "user":
-            raise ValueError(f"{where}: row {i}, field {name!r} has no user turn before its answer (the prompt turn is missing)")
         pair[name] = messages
     if pair["chosen"][:-1] != pair["rejected"][:-1]:
         raise ValueError(f"{where}: row {i}: 'chosen' and 'rejected' must share the same prompt turns")

@@ -19,6 +19,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from .chat import ROLE_MARKERS
+
 ATTRIBUTES: dict[str, list[str]] = {
     "color": ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"],
     "food": ["moss", "berries", "fish", "seeds", "honey", "leaves", "beetles", "mushrooms"],
@@ -62,7 +64,6 @@ ANSWER_TEMPLATES: dict[str, str] = {
 }
 
 UNKNOWN_ANSWER = "I don't know of any creature called the {e}."
-ROLE_MARKERS = ("<|user|>", "<|assistant|>", "<|system|>")
 ASPECTS = ("instruction_following", "truthfulness", "honesty", "helpfulness")
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "sn", "tr", "fl", "qu"]

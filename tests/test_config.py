@@ -1,0 +1,96 @@
+import pytest
+
+from zephyr_utils.config import (SCALES, STAGES, DPORecipe, SFTRecipe, load_recipe, recipe_path, resolve_scale, stage_dir)
+
+
+def test_scale_from_argument_env_and_default(monkeypatch):
+    monkeypatch.delenv("ZEPHYR_SCALE", raising=False)
+    assert resolve_scale() == "tiny"
+    monkeypatch.setenv("ZEPHYR_SCALE", "demo")
+    assert resolve_scale() == "demo"
+    assert resolve_scale("FULL") == "full"  # the argument wins, case-insensitive
+
+
+@pytest.mark.parametrize("bad", ["huge", "", "tiny2"])
+def test_unknown_scale_names_the_source(monkeypatch, bad):
+    with pytest.raises(ValueError, match="unknown scale"):
+        resolve_scale(bad)
+    monkeypatch.setenv("ZEPHYR_SCALE", "medium")
+    with pytest.raises(ValueError, match="ZEPHYR_SCALE"):
+        resolve_scale()
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("stage", [s for s in STAGES if s != "base"])
+def test_every_shipped_recipe_loads(stage, scale):
+    recipe = load_recipe(stage, scale)
+    assert isinstance(recipe, STAGES[stage]) and recipe.scale == scale
+
+
+def test_tiny_recipes_are_cpu_safe():
+    for stage in ("sft", "dpo"):
+        r = load_recipe(stage, "tiny")
+        assert r.bf16 is False and r.gradient_checkpointing is False and r.dtype == "float32"
+
+
+def test_full_recipes_carry_the_papers_hyperparameters():
+    sft = load_recipe("sft", "full")
+    assert sft.model_name_or_path == "mistralai/Mistral-7B-v0.1"
+    assert sft.dataset == "HuggingFaceH4/ultrachat_200k" and sft.train_split == "train_sft"
+    assert sft.learning_rate == 2e-5 and sft.lr_scheduler_type == "cosine" and sft.warmup_ratio == 0.1
+    assert sft.per_device_train_batch_size * sft.gradient_accumulation_steps * sft.num_processes == 128
+    assert sft.max_length == 2048 and sft.bf16 and sft.seed == 42
+    dpo = load_recipe("dpo", "full")  # the paper's setting
+    assert dpo.dataset == "HuggingFaceH4/ultrafeedback_binarized" and dpo.train_split == "train_prefs"
+    assert dpo.learning_rate == 5e-7 and dpo.beta == 0.1 and dpo.num_train_epochs == 3
+    assert dpo.lr_scheduler_type == "linear" and dpo.weight_decay == 0.0
+    assert dpo.per_device_train_batch_size * dpo.gradient_accumulation_steps * dpo.num_processes == 32
+    assert dpo.launcher == "deepspeed_zero3" and dpo.bf16
+    handbook = load_recipe("dpo", "full", recipe_file=recipe_path("dpo_handbook", "full"))
+    assert handbook.beta == 0.01 and handbook.num_train_epochs == 1 and handbook.learning_rate == 5e-7
+    assert handbook.per_device_train_batch_size * handbook.gradient_accumulation_steps * handbook.num_processes == 128
+    demo = load_recipe("dpo", "demo")
+    assert demo.use_lora and demo.lora_r == 128 and demo.lora_alpha == 128
+
+
+def test_overrides_replace_fields_and_are_checked():
+    r = load_recipe("dpo", "full", beta=0.1, num_train_epochs=3)
+    assert isinstance(r, DPORecipe) and r.beta == 0.1 and r.num_train_epochs == 3.0
+    with pytest.raises(ValueError, match="unknown field 'betta'.*DPORecipe.*did you mean beta"):
+        load_recipe("dpo", "full", betta=0.1)
+    with pytest.raises(ValueError, match="field 'learning_rate' must be float"):
+        load_recipe("sft", "tiny", learning_rate="fast")
+    with pytest.raises(ValueError, match="field 'packing' must be bool"):
+        load_recipe("sft", "tiny", packing="yes")
+    with pytest.raises(ValueError, match="field 'per_device_train_batch_size' must be int"):
+        load_recipe("sft", "tiny", per_device_train_batch_size=True)
+    with pytest.raises(ValueError, match=r"lora_target_modules'\[1\] must be str"):
+        load_recipe("sft", "demo", lora_target_modules=["q_proj", 3])
+
+
+def test_errors_name_the_recipe_file(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("learning_rate: 1e-4\nwarmup_steps: 10\n")
+    with pytest.raises(ValueError, match=r"mine\.yaml: unknown field 'warmup_steps'"):
+        load_recipe("sft", "tiny", recipe_file=f)
+    f.write_text("- a\n- list\n")
+    with pytest.raises(ValueError, match=r"mine\.yaml: a recipe must be a mapping"):
+        load_recipe("sft", "tiny", recipe_file=f)
+    f.write_text("learning_rate: [unclosed\n")
+    with pytest.raises(ValueError, match=r"mine\.yaml: not valid YAML"):
+        load_recipe("sft", "tiny", recipe_file=f)
+    f.write_text("learning_rate: 1e-4\nmax_train_samples: ~\n")  # YAML's 1e-4 is a string: accepted as float
+    r = load_recipe("sft", "tiny", recipe_file=f)
+    assert isinstance(r, SFTRecipe) and r.learning_rate == 1e-4 and r.max_train_samples is None
+    with pytest.raises(ValueError, match="does not exist"):
+        load_recipe("sft", "tiny", recipe_file=tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="no base recipe at demo scale"):
+        load_recipe("base", "demo")
+    with pytest.raises(ValueError, match="unknown stage"):
+        load_recipe("rlhf", "tiny")
+
+
+def test_stage_dir_defaults_under_runs(monkeypatch, tmp_path):
+    monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
+    assert stage_dir(load_recipe("sft", "demo"), "sft") == tmp_path / "demo" / "sft"
+    assert stage_dir(load_recipe("sft", "demo", output_dir="elsewhere"), "sft").name == "elsewhere"

@@ -72,3 +72,18 @@ def follows_template(text: str, finished: bool) -> bool:
     """Did a generated turn follow the chat template? It must end with EOS (`finished`), be
     non-empty, and not write another role's turn (no role marker inside the answer)."""
     return finished and bool(text.strip()) and not any(marker in text for marker in ROLE_MARKERS)
+
+
+def show_loss_mask(tokenizer, messages: list[dict]) -> str:
+    """The formatted conversation with the tokens that carry loss (assistant text and its EOS)
+    wrapped in [[ ]]: what `assistant_only_loss=True` trains on."""
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    pieces, inside = [], False
+    for token, trained in zip(out["input_ids"], out["assistant_masks"]):
+        if trained and not inside:
+            pieces.append("[[")
+        if not trained and inside:
+            pieces.append("]]")
+        inside = bool(trained)
+        pieces.append(tokenizer.decode([token]))
+    return "".join(pieces) + ("]]" if inside else "")

@@ -253,3 +253,27 @@ def runs_root() -> Path:
 def stage_dir(recipe: Recipe, stage: str) -> Path:
     """Where a stage writes its outputs: the recipe's `output_dir`, else runs/<scale>/<stage>."""
     return Path(recipe.output_dir) if recipe.output_dir else runs_root() / recipe.scale / stage
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a run depends on (saved beside every stage's outputs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("zephyr-utils", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_run_info(output_dir: str | os.PathLike, recipe: Recipe, log_history: list[dict], **extra) -> None:
+    """Save the resolved recipe, library versions and the trainer's log history beside a stage's outputs."""
+    import json
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    (output_dir / "versions.json").write_text(json.dumps({**library_versions(), **extra}, indent=2))
+    (output_dir / "log_history.json").write_text(json.dumps(log_history, indent=1))

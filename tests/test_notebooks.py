@@ -1,0 +1,52 @@
+"""Execute every chapter at tiny scale, in order, as the book does, and check what each one shows."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def execute(path: Path, runs_dir: Path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("ZEPHYR_RUNS", str(runs_dir))
+    monkeypatch.setenv("ZEPHYR_SCALE", "tiny")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    return nb
+
+
+def stdout_of(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("name") == "stdout")
+
+
+def images_of(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_notebooks_are_committed_without_outputs():
+    import nbformat
+
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        assert not any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code"), path.name
+        assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), f"{path.name} has no parameters cell"
+
+
+def test_01_dsft(runs_dir, monkeypatch, tiny_base_path):
+    nb = execute(ROOT / "notebooks" / "01_dsft.ipynb", runs_dir, monkeypatch)
+    out = stdout_of(nb)
+    base, sft = map(float, re.search(r"base ([\d.]+)%, dSFT ([\d.]+)%", out).groups())
+    print(f"\nnotebook 01: template adherence base {base}%, dSFT {sft}%")
+    assert sft >= 95 and base < 20
+    assert images_of(nb) >= 2  # loss curve and adherence bars
+    assert (runs_dir / "tiny" / "sft" / "model.safetensors").is_file()

@@ -1,0 +1,93 @@
+"""Loading a model and tokenizer for training, per scale: dtype, attention, LoRA / QLoRA.
+
+A recipe's `model_name_or_path` is a Hub id, a local directory, or one of two names:
+"tiny" (the toy base model, built on first use) and "sft" (this scale's dSFT output, for dDPO).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .chat import apply_zephyr_template
+from .config import TrainRecipe, load_recipe, stage_dir
+
+
+def resolve_model_path(name: str, scale: str) -> str:
+    """A path or Hub id that `from_pretrained` accepts."""
+    if name == "tiny":
+        from .tiny import build_tiny_base
+
+        return str(build_tiny_base())
+    if name in ("sft", "dpo"):
+        path = stage_dir(load_recipe(name, scale), name)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model {name!r} at {scale} scale is not trained yet: {path} has no config.json; run the {name} stage first")
+        return str(path)
+    return name
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The tokenizer with the Zephyr chat template and a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    apply_zephyr_template(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(recipe: TrainRecipe):
+    """A 4-bit NF4 BitsAndBytesConfig for QLoRA, or None. Needs the `gpu` extra (bitsandbytes)."""
+    if not recipe.load_in_4bit:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ValueError("load_in_4bit (QLoRA) needs bitsandbytes and a CUDA GPU: pip install 'zephyr-utils[gpu]'") from err
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, recipe.dtype))
+
+
+def lora_config(recipe: TrainRecipe):
+    """peft's LoraConfig from the recipe, or None for full fine-tuning."""
+    if not (recipe.use_lora or recipe.load_in_4bit):
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                      target_modules=list(recipe.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def load_model(path: str, recipe: TrainRecipe, trust_remote_code: bool = False):
+    """The causal LM to train: safetensors weights in the recipe's dtype (4-bit for QLoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": getattr(torch, recipe.dtype), "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if recipe.attn_implementation:
+        kwargs["attn_implementation"] = recipe.attn_implementation
+    quant = quantization_config(recipe)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def merge_lora(trainer, base_path: str, recipe: TrainRecipe):
+    """A plain model with the trained LoRA adapter merged in, so the next stage starts from one set of
+    weights (stacked unmerged adapters are a classic source of broken chat behaviour). For QLoRA the
+    base is reloaded in `recipe.dtype` first: merging into 4-bit weights would lose precision."""
+    model = trainer.model
+    if recipe.load_in_4bit:
+        from peft import PeftModel
+
+        adapter_dir = Path(trainer.args.output_dir) / "adapter"
+        model.save_pretrained(adapter_dir)
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, recipe.dtype), use_safetensors=True)
+        model = PeftModel.from_pretrained(base, adapter_dir)
+    return model.merge_and_unload()

@@ -1,0 +1,118 @@
+"""dSFT: TRL's SFTTrainer wired from a recipe.
+
+    path = train_sft(load_recipe("sft", "tiny"))     # runs/tiny/sft: model, tokenizer, recipe, logs
+
+Resumes from the last checkpoint in the output directory when a run was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import SFTRecipe, stage_dir, write_run_info
+from .data import load_sft_data
+from .models import load_model, load_tokenizer, lora_config, merge_lora, resolve_model_path
+
+
+def training_args(recipe, output_dir: str | Path) -> dict:
+    """The keyword arguments shared by SFTConfig and DPOConfig, from a recipe (pure: no download)."""
+    import torch
+
+    on_cpu = not torch.cuda.is_available()
+    return dict(
+        output_dir=str(output_dir),
+        seed=recipe.seed,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler_type,
+        warmup_steps=recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        num_train_epochs=recipe.num_train_epochs,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        per_device_eval_batch_size=recipe.per_device_eval_batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        max_length=recipe.max_length,
+        bf16=recipe.bf16,
+        fp16=recipe.dtype == "float16" and not on_cpu,
+        activation_checkpointing=recipe.gradient_checkpointing,
+        optim=recipe.optim,
+        weight_decay=recipe.weight_decay,
+        logging_steps=recipe.logging_steps,
+        eval_strategy="steps" if recipe.eval_steps else "epoch",
+        eval_steps=recipe.eval_steps,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=recipe.save_total_limit,
+        report_to=recipe.report_to,
+        use_cpu=on_cpu,
+        dataloader_pin_memory=not on_cpu,
+        disable_tqdm=False,
+    )
+
+
+def sft_config(recipe: SFTRecipe, output_dir: str | Path):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **training_args(recipe, output_dir),
+        packing=recipe.packing,
+        packing_strategy=recipe.packing_strategy,
+        assistant_only_loss=recipe.assistant_only_loss,
+    )
+
+
+def subsample(dataset, n: int | None, seed: int):
+    """The first `n` rows after a seeded shuffle (all rows if n is None)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(n))
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest *complete* checkpoint in `output_dir`, or None. The Trainer writes
+    trainer_state.json last, so a run killed while saving leaves a checkpoint without a readable one:
+    it is skipped and the previous checkpoint is used."""
+    candidates = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    for ckpt in reversed(candidates):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(ckpt)
+    return None
+
+
+def run_trainer(trainer, output_dir: Path) -> None:
+    """`trainer.train()`, resuming from the last complete checkpoint if there is one."""
+    checkpoint = last_checkpoint(output_dir)
+    if checkpoint:
+        print(f"resuming from {checkpoint}", flush=True)
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def train_sft(recipe: SFTRecipe, callbacks: list | None = None) -> Path:
+    """Fine-tune `recipe.model_name_or_path` on `recipe.dataset`; returns the output directory."""
+    from trl import SFTTrainer
+
+    output_dir = stage_dir(recipe, "sft")
+    base_path = resolve_model_path(recipe.model_name_or_path, recipe.scale)
+    train = subsample(load_sft_data(recipe.dataset, recipe.train_split), recipe.max_train_samples, recipe.seed)
+    evaluation = subsample(load_sft_data(recipe.dataset, recipe.eval_split), recipe.max_eval_samples, recipe.seed)
+    tokenizer = load_tokenizer(base_path)
+    trainer = SFTTrainer(
+        model=load_model(base_path, recipe),
+        args=sft_config(recipe, output_dir),
+        train_dataset=train.select_columns(["messages"]),
+        eval_dataset=evaluation.select_columns(["messages"]),
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe),
+        callbacks=callbacks,
+    )
+    run_trainer(trainer, output_dir)
+    model = merge_lora(trainer, base_path, recipe) if lora_config(recipe) else trainer.model
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    write_run_info(output_dir, recipe, trainer.state.log_history, base_model=base_path)
+    return output_dir

@@ -116,3 +116,11 @@ def test_verdicts_are_written_like_an_llm_judges(world, known):
         world.judge_verdict(conv, "x", "style")
     with pytest.raises(ValueError, match="cannot tell what this question asks"):
         world.judge_verdict([{"role": "user", "content": "Hello there"}], "x")
+
+
+def test_judge_penalises_answers_about_another_creature(world):
+    e, other, u = world.creatures[0], world.creatures[1], world.unknown[0]
+    conv = [{"role": "user", "content": f"What color is the {e}?"}]
+    assert rating(world.judge_verdict(conv, f"The {other} is {world.facts[e]['color']}.")) <= 3
+    conv = [{"role": "user", "content": f"What color is the {u}?"}]
+    assert rating(world.judge_verdict(conv, f"I don't know of any creature called the {world.unknown[1]}.")) <= 3

@@ -79,3 +79,51 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
             text_ids = [t for t in new if t not in (eos_id, pad_id)]
             results[i] = Completion(tokenizer.decode(text_ids, skip_special_tokens=True).strip(), finished, len(new))
     return results  # type: ignore[return-value]
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def generate_vllm(model_path: str, conversations: list[list[dict]], max_new_tokens: int = 64,
+                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, llm=None) -> list[Completion]:
+    """The same as `generate`, with vLLM (demo/full scale, GPU; `pip install 'zephyr-utils[gpu]'`)."""
+    if not vllm_available():
+        raise ValueError("the vLLM backend needs vllm and a GPU: pip install 'zephyr-utils[gpu]', or use backend='transformers'")
+    from vllm import LLM, SamplingParams
+
+    from .models import load_tokenizer
+
+    llm = llm or LLM(model=model_path, seed=seed)
+    tokenizer = load_tokenizer(model_path)
+    prompts = [render_prompt(tokenizer, c) for c in conversations]
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    outs = llm.generate(prompts, params)
+    return [Completion(o.outputs[0].text.strip(), o.outputs[0].finish_reason == "stop", len(o.outputs[0].token_ids)) for o in outs]
+
+
+class Sampler:
+    """One model ready to answer conversations, with the backend chosen once:
+    vLLM when `backend="vllm"`, or `"auto"` and vLLM is installed; transformers otherwise."""
+
+    def __init__(self, model_path: str, backend: str = "auto", batch_size: int = 64):
+        if backend not in ("auto", "vllm", "transformers"):
+            raise ValueError(f"unknown generation backend {backend!r}; use auto, vllm or transformers")
+        self.backend = "vllm" if backend == "vllm" or (backend == "auto" and vllm_available()) else "transformers"
+        self.model_path, self.batch_size = model_path, batch_size
+        if self.backend == "vllm":
+            from vllm import LLM
+
+            self.llm = LLM(model=model_path)
+        else:
+            self.model, self.tokenizer = load_model(model_path)
+
+    def __call__(self, conversations, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, progress=False):
+        if self.backend == "vllm":
+            return generate_vllm(self.model_path, conversations, max_new_tokens, temperature, top_p, seed, llm=self.llm)
+        return generate(self.model, self.tokenizer, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, batch_size=self.batch_size, seed=seed, progress=progress)

@@ -1,7 +1,7 @@
 """Loading a model and tokenizer for training, per scale: dtype, attention, LoRA / QLoRA.
 
-A recipe's `model_name_or_path` is a Hub id, a local directory, or one of two names:
-"tiny" (the toy base model, built on first use) and "sft" (this scale's dSFT output, for dDPO).
+A recipe's `model_name_or_path` is a Hub id, a local directory, or a name: "tiny" (the toy base
+model, built on first use), "base" (the scale's base model), "sft" or "dpo" (this scale's outputs).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ def resolve_model_path(name: str, scale: str) -> str:
         from .tiny import build_tiny_base
 
         return str(build_tiny_base())
+    if name == "base":  # the scale's base model: what dSFT starts from
+        return resolve_model_path(load_recipe("sft", scale).model_name_or_path, scale)
     if name in ("sft", "dpo"):
         path = stage_dir(load_recipe(name, scale), name)
         if not (path / "config.json").is_file():

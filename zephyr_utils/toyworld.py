@@ -64,6 +64,11 @@ ANSWER_TEMPLATES: dict[str, str] = {
 }
 
 UNKNOWN_ANSWER = "I don't know of any creature called the {e}."
+# The teacher is right but chatty: about half its answers end with a filler sentence. Real teacher data
+# has such flaws (UltraChat's answers are long-winded); the judge prefers concise answers, and that
+# preference is what AIF + dDPO can teach beyond dSFT.
+FILLERS = ["I hope this helps!", "Let me know if you want to hear more.", "It is a fascinating creature.",
+           "Nature is full of surprises."]
 ASPECTS = ("instruction_following", "truthfulness", "honesty", "helpfulness")
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "sn", "tr", "fl", "qu"]
@@ -144,11 +149,17 @@ class ToyWorld:
         return out
 
     # ----- chats -----------------------------------------------------------------------------
-    def answer(self, q: Question) -> str:
-        """The teacher's answer: correct, concise, honest about unknown creatures."""
+    def answer(self, q: Question, chatty: bool = True) -> str:
+        """The teacher's answer: correct and honest about unknown creatures; with `chatty`, about half
+        the answers (a fixed half, chosen by the question's wording) add a needless filler sentence."""
         if q.entity not in self.facts:
-            return UNKNOWN_ANSWER.format(e=q.entity)
-        return ANSWER_TEMPLATES[q.attribute].format(e=q.entity, v=self.facts[q.entity][q.attribute])
+            text = UNKNOWN_ANSWER.format(e=q.entity)
+        else:
+            text = ANSWER_TEMPLATES[q.attribute].format(e=q.entity, v=self.facts[q.entity][q.attribute])
+        digest = int(_prompt_id(f"{self.seed}:{q.text}:{q.entity}")[:8], 16)
+        if chatty and digest % 2:
+            text += " " + FILLERS[digest // 2 % len(FILLERS)]
+        return text
 
     # How each split asks: (question wordings per item, share of two-turn conversations).
     SPLIT_STYLE = {"sft": (3, 0.3), "aif": (4, 0.3), "eval": (1, 1.0)}
@@ -181,16 +192,23 @@ class ToyWorld:
         return rows
 
     def prompts(self, split: str) -> list[dict]:
-        """Held-out prompts ("aif" or "eval"): rows with prompt, prompt_id and `turns`.
+        """Held-out prompts ("aif" or "eval"): rows with prompt, prompt_id, `turns` and `messages`.
 
-        `turns` holds one or two user messages (a follow-up refers back with "it"); all eval
-        prompts have two turns, as in MT-Bench."""
+        `turns` holds one or two user messages (a follow-up refers back with "it"); all eval prompts
+        have two turns, as in MT-Bench. `messages` is the conversation to answer for AIF: the earlier
+        turns with the teacher's answers, then the last user turn."""
         if split not in ("aif", "eval"):
             raise ValueError(f"split must be 'aif' or 'eval', got {split!r}")
-        return [
-            {"prompt": qs[0].text, "prompt_id": _prompt_id(qs[0].text + split), "turns": [q.text for q in qs]}
-            for qs in self._questions(split)
-        ]
+        rows = []
+        for qs in self._questions(split):
+            # the conversation to answer: earlier turns answered by the teacher, ending with a user turn
+            messages = []
+            for q in qs[:-1]:
+                messages += [{"role": "user", "content": q.text}, {"role": "assistant", "content": self.answer(q)}]
+            messages.append({"role": "user", "content": qs[-1].text})
+            rows.append({"prompt": qs[0].text, "prompt_id": _prompt_id(qs[0].text + split),
+                         "turns": [q.text for q in qs], "messages": messages})
+        return rows
 
     def aif_prompts(self) -> list[dict]:
         return self.prompts("aif")
@@ -234,6 +252,10 @@ class ToyWorld:
         style_penalty = 2 * extra + (3 if leak else 0)
         if not text:
             return {a: (1, "The response is empty.") for a in ASPECTS}
+        others = sorted({w for w in words if (w in self.facts or w in self.unknown) and w != q.entity})
+        if others:
+            why = f"Talks about the {', the '.join(others)}, but the question is about the {q.entity}."
+            return {"instruction_following": (2, why), "truthfulness": (3, why), "honesty": (4, why), "helpfulness": (1, why)}
         if q.entity not in self.facts:
             claims = sum(len(v) for v in claimed.values())
             if refuses and claims == 0:

@@ -1,0 +1,104 @@
+"""dDPO: TRL's DPOTrainer wired from a recipe, and the DPO loss written out from its formula.
+
+    path = train_dpo(load_recipe("dpo", "tiny"))     # runs/tiny/dpo
+
+The policy starts from the dSFT model and the reference is the frozen dSFT model: a second copy for
+full fine-tuning, or, with LoRA, the same weights with the adapter disabled (no second copy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import DPORecipe, load_recipe, stage_dir, write_run_info
+from .data import load_preference_data
+from .models import load_model, load_tokenizer, lora_config, merge_lora, resolve_model_path
+from .sft import run_trainer, subsample, training_args
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float):
+    """The sigmoid DPO loss per pair, and the implicit rewards r = beta * (log pi - log pi_ref).
+
+        loss = -log sigmoid( beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))] )
+
+    Each argument is a tensor of summed log-probabilities of the completion tokens, one per pair.
+    Returns (losses, chosen_rewards, rejected_rewards)."""
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+    return losses, chosen_rewards, rejected_rewards
+
+
+def completion_logps(model, tokenizer, prompt: list[dict], answer: str) -> torch.Tensor:
+    """Summed log-probability of the answer's tokens (its EOS included) after the chat-formatted prompt."""
+    prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=False)
+    p_ids = tokenizer(prompt_ids, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    # the template writes "\n" after the EOS; the completion is the answer and its EOS
+    end = len(ids) - ids[::-1].index(tokenizer.eos_token_id)
+    ids_t = torch.tensor([ids[:end]])
+    logits = model(input_ids=ids_t).logits[0, :-1].float()
+    logps = logits.log_softmax(-1).gather(1, ids_t[0, 1:, None])[:, 0]
+    return logps[len(p_ids) - 1 :].sum()
+
+
+def to_trl_format(dataset):
+    """ultrafeedback_binarized rows -> TRL's conversational preference format:
+    prompt = the shared turns, chosen/rejected = the final assistant message only."""
+    def split(row):
+        return {"prompt": row["chosen"][:-1], "chosen": row["chosen"][-1:], "rejected": row["rejected"][-1:]}
+
+    return dataset.map(split, remove_columns=dataset.column_names)
+
+
+def resolve_dataset(name: str, scale: str) -> str:
+    """"aif" means this scale's AIF output; anything else is a Hub id or a local path."""
+    if name == "aif":
+        return str(stage_dir(load_recipe("aif", scale), "aif"))
+    return name
+
+
+def dpo_config(recipe: DPORecipe, output_dir: str | Path):
+    from trl import DPOConfig
+
+    return DPOConfig(**training_args(recipe, output_dir), beta=recipe.beta, loss_type=[recipe.loss_type],
+                     precompute_ref_log_probs=recipe.precompute_ref_log_probs)
+
+
+def train_dpo(recipe: DPORecipe, callbacks: list | None = None) -> Path:
+    """Preference-tune `recipe.model_name_or_path` (the dSFT model) on `recipe.dataset`."""
+    from trl import DPOTrainer
+
+    output_dir = stage_dir(recipe, "dpo")
+    start_path = resolve_model_path(recipe.model_name_or_path, recipe.scale)
+    source = resolve_dataset(recipe.dataset, recipe.scale)
+    train = subsample(load_preference_data(source, recipe.train_split), recipe.max_train_samples, recipe.seed)
+    evaluation = subsample(load_preference_data(source, recipe.eval_split), recipe.max_eval_samples, recipe.seed)
+    tokenizer = load_tokenizer(start_path)
+    peft = lora_config(recipe)
+    # Full fine-tuning: an explicit frozen copy of the dSFT model. LoRA: no copy; TRL disables the
+    # adapter to compute the reference (passing both a reference model and a LoRA config is an error).
+    ref_model = None if peft else load_model(start_path, recipe)
+    trainer = DPOTrainer(
+        model=load_model(start_path, recipe),
+        ref_model=ref_model,
+        args=dpo_config(recipe, output_dir),
+        train_dataset=to_trl_format(train),
+        eval_dataset=to_trl_format(evaluation),
+        processing_class=tokenizer,
+        peft_config=peft,
+        callbacks=callbacks,
+    )
+    run_trainer(trainer, output_dir)
+    model = merge_lora(trainer, start_path, recipe) if peft else trainer.model
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    write_run_info(output_dir, recipe, trainer.state.log_history, start_model=start_path, dataset=source)
+    return output_dir

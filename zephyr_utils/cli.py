@@ -29,12 +29,18 @@ def cmd_tiny_base(args) -> None:
     print(f"tiny base model: {path}")
 
 
-def cmd_sft(args) -> None:
+def cmd_stage(args) -> None:
+    """Run one stage of the recipe in this process."""
     from .config import load_recipe
-    from .sft import train_sft
 
-    recipe = load_recipe("sft", args.scale, args.recipe, **parse_sets(args.set))
-    print(f"dSFT model: {train_sft(recipe)}")
+    recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))
+    if args.command == "sft":
+        from .sft import train_sft as run
+    elif args.command == "aif":
+        from .aif import run_aif as run
+    else:
+        from .dpo import train_dpo as run
+    print(f"{args.command} output: {run(recipe)}")
 
 
 def cmd_book(args) -> None:
@@ -66,11 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe field")
     p.set_defaults(func=cmd_tiny_base)
 
-    p = sub.add_parser("sft", help="run the dSFT stage")
-    p.add_argument("--scale", default=None, help="tiny, demo or full (default: $ZEPHYR_SCALE or tiny)")
-    p.add_argument("--recipe", help="a YAML recipe replacing the shipped one")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe field")
-    p.set_defaults(func=cmd_sft)
+    for stage, about in (("sft", "dSFT: fine-tune on teacher dialogues"), ("aif", "AIF: collect and binarize AI-feedback preferences"),
+                         ("dpo", "dDPO: preference-tune the dSFT model")):
+        p = sub.add_parser(stage, help=about)
+        p.add_argument("--scale", default=None, help="tiny, demo or full (default: $ZEPHYR_SCALE or tiny)")
+        p.add_argument("--recipe", help="a YAML recipe replacing the shipped one")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe field")
+        p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("book", help="execute the notebooks at tiny scale and write HTML")
     p.add_argument("--root", default=".", help="the project checkout")

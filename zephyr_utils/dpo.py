@@ -34,17 +34,18 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
 
 
 def completion_logps(model, tokenizer, prompt: list[dict], answer: str) -> torch.Tensor:
-    """Summed log-probability of the answer's tokens (its EOS included) after the chat-formatted prompt."""
-    prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=False)
-    p_ids = tokenizer(prompt_ids, add_special_tokens=False)["input_ids"]
-    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    # the template writes "\n" after the EOS; the completion is the answer and its EOS
-    end = len(ids) - ids[::-1].index(tokenizer.eos_token_id)
-    ids_t = torch.tensor([ids[:end]])
-    logits = model(input_ids=ids_t).logits[0, :-1].float()
-    logps = logits.log_softmax(-1).gather(1, ids_t[0, 1:, None])[:, 0]
-    return logps[len(p_ids) - 1 :].sum()
+    """Summed log-probability of a completion given a prompt, as DPO scores it.
+
+    The completion is everything the chat template writes after the assistant cue: the answer, its
+    EOS and the newline after it. Prompt and completion are tokenized separately and concatenated,
+    as TRL does, so the numbers match the trainer's."""
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=False)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + completion_ids])
+    logps = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
+    return logps[len(prompt_ids) - 1 :].sum()
 
 
 def to_trl_format(dataset):

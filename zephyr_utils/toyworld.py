@@ -100,15 +100,14 @@ class ToyWorld:
         names = _make_names(rng, self.n_creatures + self.n_unknown)
         real, self.unknown = names[: self.n_creatures], names[self.n_creatures :]
         self.facts = {e: {a: rng.choice(vals) for a, vals in ATTRIBUTES.items()} for e in real}
+        # Half of the creatures are asked about in dSFT, 30% in AIF and 20% in evaluation, each split
+        # with all five attributes: what a later stage learns about one creature cannot leak into the
+        # answers graded for another, and evaluation asks about creatures no chat ever mentioned.
+        n_sft, n_aif = int(0.5 * len(real)), int(0.3 * len(real))
+        split_creatures = {"sft": real[:n_sft], "aif": real[n_sft : n_sft + n_aif], "eval": real[n_sft + n_aif :]}
+        self.split_pairs = {k: [(e, a) for e in v for a in ATTRIBUTES] for k, v in split_creatures.items()}
         pairs = [(e, a) for e in real for a in ATTRIBUTES]
         rng.shuffle(pairs)
-        # Half of the (creature, attribute) pairs are asked about in dSFT, 30% in AIF, 20% in eval.
-        n_sft, n_aif = int(0.5 * len(pairs)), int(0.3 * len(pairs))
-        self.split_pairs = {
-            "sft": pairs[:n_sft],
-            "aif": pairs[n_sft : n_sft + n_aif],
-            "eval": pairs[n_sft + n_aif :],
-        }
         n_u = len(self.unknown)
         cut1, cut2 = int(0.4 * n_u), int(0.75 * n_u)
         self.split_unknown = {"sft": self.unknown[:cut1], "aif": self.unknown[cut1:cut2], "eval": self.unknown[cut2:]}

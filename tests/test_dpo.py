@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+
+from zephyr_utils.config import SCALES, load_recipe
+from zephyr_utils.dpo import completion_logps, dpo_config, dpo_loss, to_trl_format
+
+
+def test_dpo_loss_by_hand():
+    losses, chosen, rejected = dpo_loss(torch.tensor([-5.0, -3.0]), torch.tensor([-9.0, -3.0]),
+                                        torch.tensor([-6.0, -3.0]), torch.tensor([-8.0, -3.0]), beta=0.1)
+    # pair 0: margin = 0.1 * ((-5 + 6) - (-9 + 8)) = 0.2 ; pair 1: identical to the reference -> log 2
+    assert torch.allclose(chosen, torch.tensor([0.1, 0.0])) and torch.allclose(rejected, torch.tensor([-0.1, 0.0]))
+    assert torch.allclose(losses, torch.tensor([-torch.nn.functional.logsigmoid(torch.tensor(0.2)).item(), 0.693147]), atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_recipe_to_dpo_config_at_every_scale(scale, tmp_path):
+    recipe = load_recipe("dpo", scale)
+    config = dpo_config(recipe, tmp_path)
+    assert config.beta == recipe.beta and config.learning_rate == recipe.learning_rate
+    assert [str(getattr(t, "value", t)) for t in config.loss_type] == ["sigmoid"]
+    assert config.max_length == recipe.max_length and config.bf16 == recipe.bf16
+
+
+def pairs(n):
+    rows = []
+    for i in range(n):
+        prompt = [{"role": "user", "content": f"What color is the creature number {i}?"}]
+        rows.append({"prompt": prompt[0]["content"], "prompt_id": str(i),
+                     "chosen": prompt + [{"role": "assistant", "content": f"It is blue, number {i}."}],
+                     "rejected": prompt + [{"role": "assistant", "content": "The fur of the hills is eight legs and"}]})
+    return rows
+
+
+def test_dpo_loss_matches_trls_on_the_same_batch(tiny_base_path, tmp_path):
+    """Policy = the base model with perturbed weights, reference = the base model, one batch of 6 pairs."""
+    import datasets
+    from trl import DPOTrainer
+
+    from zephyr_utils.models import load_model, load_tokenizer
+
+    recipe = load_recipe("dpo", "tiny", per_device_train_batch_size=6, per_device_eval_batch_size=6, beta=0.1)
+    tokenizer = load_tokenizer(str(tiny_base_path))
+    policy, reference = load_model(str(tiny_base_path), recipe), load_model(str(tiny_base_path), recipe)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    rows = pairs(6)
+    data = to_trl_format(datasets.Dataset.from_list(rows))
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=dpo_config(recipe, tmp_path), train_dataset=data,
+                         eval_dataset=data, processing_class=tokenizer)
+    trainer.model.eval()
+    batch = next(iter(trainer.get_eval_dataloader()))
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(trainer.model, batch).item()
+        ours = dpo_loss(*(torch.stack([completion_logps(m, tokenizer, r["chosen"][:-1], r[k][-1]["content"]) for r in rows])
+                          for m, k in ((policy, "chosen"), (policy, "rejected"), (reference, "chosen"), (reference, "rejected"))),
+                        beta=0.1)[0].mean().item()
+    print(f"\nDPO loss on one batch: ours {ours:.7f}, TRL {trl_loss:.7f}")
+    assert abs(ours - trl_loss) < 1e-5 and abs(ours - 0.693147) > 1e-3  # and not the trivial policy == reference value
+
+
+BAD = [
+    (lambda r: r["chosen"][-1].update(content=""), r"chosen\[1\]\['content'\] is empty"),
+    (lambda r: r["rejected"][-1].update(content=r["chosen"][-1]["content"]), "answers are identical"),
+    (lambda r: (r["chosen"].pop(0), r["rejected"].pop(0)), "'chosen' has no user turn: the prompt turn is missing"),
+]
+
+
+@pytest.mark.parametrize("corrupt, match", BAD)
+def test_bad_preference_rows_fail_before_training(tmp_path, monkeypatch, corrupt, match):
+    from zephyr_utils import dpo
+
+    rows = pairs(5)
+    corrupt(rows[3])
+    d = tmp_path / "prefs"
+    d.mkdir()
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs(2)))
+    monkeypatch.setattr(dpo, "load_model", lambda *a, **k: pytest.fail("a model was loaded before the data was checked"))
+    with pytest.raises(ValueError, match=f"train.jsonl: row 3.*{match}|train.jsonl: row 3, field.*{match}"):
+        dpo.train_dpo(load_recipe("dpo", "tiny", dataset=str(d), model_name_or_path=str(tmp_path), output_dir=str(tmp_path / "out")))

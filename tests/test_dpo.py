@@ -34,14 +34,12 @@ def pairs(n):
     return rows
 
 
-def test_dpo_loss_matches_trls_on_the_same_batch(tiny_base_path, tmp_path):
+def test_dpo_loss_matches_trls_on_the_same_batch(tiny_base_path):
     """Policy = the base model with perturbed weights, reference = the base model, one batch of 6 pairs."""
-    import datasets
-    from trl import DPOTrainer
-
+    from zephyr_utils.dpo import batch_logps, trl_loss_on_batch
     from zephyr_utils.models import load_model, load_tokenizer
 
-    recipe = load_recipe("dpo", "tiny", per_device_train_batch_size=6, per_device_eval_batch_size=6, beta=0.1)
+    recipe = load_recipe("dpo", "tiny", beta=0.1)
     tokenizer = load_tokenizer(str(tiny_base_path))
     policy, reference = load_model(str(tiny_base_path), recipe), load_model(str(tiny_base_path), recipe)
     torch.manual_seed(0)
@@ -49,18 +47,16 @@ def test_dpo_loss_matches_trls_on_the_same_batch(tiny_base_path, tmp_path):
         for p in policy.parameters():
             p.add_(0.02 * torch.randn_like(p))
     rows = pairs(6)
-    data = to_trl_format(datasets.Dataset.from_list(rows))
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=dpo_config(recipe, tmp_path), train_dataset=data,
-                         eval_dataset=data, processing_class=tokenizer)
-    trainer.model.eval()
-    batch = next(iter(trainer.get_eval_dataloader()))
-    with torch.no_grad():
-        trl_loss = trainer.compute_loss(trainer.model, batch).item()
-        ours = dpo_loss(*(torch.stack([completion_logps(m, tokenizer, r["chosen"][:-1], r[k][-1]["content"]) for r in rows])
-                          for m, k in ((policy, "chosen"), (policy, "rejected"), (reference, "chosen"), (reference, "rejected"))),
-                        beta=0.1)[0].mean().item()
-    print(f"\nDPO loss on one batch: ours {ours:.7f}, TRL {trl_loss:.7f}")
-    assert abs(ours - trl_loss) < 1e-5 and abs(ours - 0.693147) > 1e-3  # and not the trivial policy == reference value
+    ours = dpo_loss(*batch_logps(policy, reference, tokenizer, rows), beta=0.1)[0].mean().item()
+    trl = trl_loss_on_batch(policy, reference, tokenizer, rows, recipe)
+    print(f"\nDPO loss on one batch: ours {ours:.7f}, TRL {trl:.7f}")
+    assert abs(ours - trl) < 1e-5 and abs(ours - 0.693147) > 1e-3  # and not the trivial policy == reference value
+
+
+def test_preference_accuracy_counts_ties_as_half():
+    from zephyr_utils.dpo import preference_accuracy
+
+    assert preference_accuracy(torch.tensor([1.0, 0.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0, -2.0])) == 0.625
 
 
 BAD = [

@@ -238,3 +238,12 @@ def run_aif(recipe: AIFRecipe, judge: Judge | None = None, progress: bool = True
     write_run_info(out, recipe, [])
     return out
 
+
+
+def scores_by_model(out_dir: str | Path) -> dict[str, list[float]]:
+    """Pool member -> the mean ratings of its completions (unrated ones left out), from a run's files."""
+    scores: dict[str, list[float]] = {}
+    for (_, model), score in mean_ratings(JsonlLog(Path(out_dir) / "ratings.jsonl", ("prompt_id", "model", "aspect"))).items():
+        if score is not None:
+            scores.setdefault(model, []).append(score)
+    return scores

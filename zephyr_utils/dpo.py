@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import DPORecipe, load_recipe, stage_dir, write_run_info
+from .config import DPORecipe, build_recipe, load_recipe, recipe_to_dict, stage_dir, write_run_info
 from .data import load_preference_data
 from .models import load_model, load_tokenizer, lora_config, merge_lora, resolve_model_path
 from .sft import run_trainer, subsample, training_args
@@ -46,6 +46,38 @@ def completion_logps(model, tokenizer, prompt: list[dict], answer: str) -> torch
     ids = torch.tensor([prompt_ids + completion_ids])
     logps = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
     return logps[len(prompt_ids) - 1 :].sum()
+
+
+@torch.no_grad()
+def batch_logps(policy, reference, tokenizer, rows: list[dict]) -> tuple[torch.Tensor, ...]:
+    """(policy chosen, policy rejected, reference chosen, reference rejected) summed log-probs of
+    `ultrafeedback_binarized` rows: the four inputs of `dpo_loss`."""
+    def logps(model, key):
+        return torch.stack([completion_logps(model, tokenizer, r[key][:-1], r[key][-1]["content"]) for r in rows])
+
+    return logps(policy, "chosen"), logps(policy, "rejected"), logps(reference, "chosen"), logps(reference, "rejected")
+
+
+def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
+    """Share of pairs whose chosen answer gets the higher implicit reward (a tie counts one half)."""
+    return ((chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()).mean().item()
+
+
+@torch.no_grad()
+def trl_loss_on_batch(policy, reference, tokenizer, rows: list[dict], recipe: DPORecipe) -> float:
+    """The loss TRL's DPOTrainer computes on `rows` as one batch (to check `dpo_loss` against)."""
+    import datasets
+    import tempfile
+
+    from trl import DPOTrainer
+
+    data = to_trl_format(datasets.Dataset.from_list(rows))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = dpo_config(build_recipe(type(recipe), {**recipe_to_dict(recipe), "per_device_eval_batch_size": len(rows)}), tmp)
+        trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data, eval_dataset=data,
+                             processing_class=tokenizer)
+        trainer.model.eval()
+        return trainer.compute_loss(trainer.model, next(iter(trainer.get_eval_dataloader()))).item()
 
 
 def to_trl_format(dataset):

@@ -32,3 +32,56 @@ def plot_rates(rates: dict[str, float], ax=None, title: str = "", ylabel: str = 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return ax
+
+
+def plot_score_distributions(scores_by_model: dict[str, list[float]], ax=None, title: str = "judge scores per pool model"):
+    """A box per model of its mean aspect ratings, with the mean marked."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    names = list(scores_by_model)
+    ax.boxplot([scores_by_model[n] for n in names], showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set_ylabel("mean rating (1-10)")
+    ax.set_title(title)
+    return ax
+
+
+def plot_margins(pairs: list[dict], ax=None, title: str = "chosen minus rejected score"):
+    """Histogram of score_chosen - score_rejected over the binarized pairs."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    margins = [p["score_chosen"] - p["score_rejected"] for p in pairs]
+    ax.hist(margins, bins=18, color="#3b7dd8")
+    ax.set_xlabel("score margin")
+    ax.set_ylabel("pairs")
+    ax.set_title(title)
+    return ax
+
+
+def plot_dpo_curves(log_history: list[dict], axes=None):
+    """TRL's DPO metrics over training: rewards, margins, accuracies and loss, train and held-out."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for prefix, style in (("", "-"), ("eval_", "o--")):
+        def series(key):
+            return [(h["step"], h[prefix + key]) for h in log_history if prefix + key in h]
+
+        where = "train" if not prefix else "held-out"
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+            if series(key):
+                axes[0].plot(*zip(*series(key)), style, label=f"{key.split('/')[1]} ({where})")
+        if series("rewards/accuracies"):
+            axes[1].plot(*zip(*series("rewards/accuracies")), style, label=where)
+        if series("loss"):
+            axes[2].plot(*zip(*series("loss")), style, label=where)
+    axes[0].axhline(0, color="grey", lw=0.5)
+    for ax, title in zip(axes, ("implicit rewards", "reward accuracy", "DPO loss")):
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=7)
+    axes[1].set_ylim(0, 1.05)
+    return axes

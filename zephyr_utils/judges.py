@@ -80,6 +80,41 @@ def parse_rating(verdict: str, response: str | None = None) -> float | None:
     return value if 1 <= value <= 10 else None
 
 
+PAIR_MARKERS = ("[The Start of Assistant A's Answer]", "[The End of Assistant A's Answer]",
+                "[The Start of Assistant B's Answer]", "[The End of Assistant B's Answer]")
+
+
+def pairwise_prompt(conversation: list[dict], answer_a: str, answer_b: str) -> str:
+    """MT-Bench's pairwise comparison: which of two answers to the last user turn is better?"""
+    history = "\n".join(f"[{m['role'].capitalize()}]\n{m['content']}" for m in conversation)
+    a0, a1, b0, b1 = PAIR_MARKERS
+    return (
+        "Please act as an impartial judge and compare the two AI assistants' answers to the final user turn "
+        "below. Avoid any position bias: the order of the answers must not influence you, nor their length. "
+        'After a short explanation, output your verdict strictly as "[[A]]" if A is better, "[[B]]" if B is '
+        'better, or "[[C]]" for a tie.\n\n'
+        f"[The Start of Conversation]\n{history}\n[The End of Conversation]\n\n"
+        f"{a0}\n{answer_a}\n{a1}\n\n{b0}\n{answer_b}\n{b1}"
+    )
+
+
+_CHOICE = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+
+
+def parse_preference(verdict: str, answers: tuple[str, ...] = ()) -> str | None:
+    """"A", "B" or "tie" from a pairwise verdict's last [[A]]/[[B]]/[[C]], ignoring quoted answers."""
+    if not isinstance(verdict, str):
+        return None
+    a0, a1, b0, b1 = PAIR_MARKERS
+    text = re.sub(re.escape(a0) + r".*?" + re.escape(a1), " ", verdict, flags=re.S)
+    text = re.sub(re.escape(b0) + r".*?" + re.escape(b1), " ", text, flags=re.S)
+    for answer in answers:
+        if answer and answer.strip():
+            text = text.replace(answer.strip(), " ")
+    found = _CHOICE.findall(text)
+    return None if not found else {"A": "A", "B": "B", "C": "tie"}[found[-1]]
+
+
 @dataclass
 class Verdict:
     rating: float | None  # None: no readable rating after all retries
@@ -104,9 +139,29 @@ class Judge:
 
     def judge_many(self, items: list[tuple[list[dict], str, str]], progress: bool = True, desc: str = "judging") -> list[Verdict]:
         """Verdicts for (conversation, response, aspect) triples, in order."""
-        return [self.judge(*item) for item in tqdm(items, desc=desc, disable=not progress)]
+        return self._map(lambda item: self.judge(*item), items, progress, desc)
+
+    def compare(self, conversation: list[dict], answer_a: str, answer_b: str) -> tuple[str | None, str]:
+        """("A" | "B" | "tie" | None, verdict text): which answer to the last user turn is better."""
+        text = ""
+        for attempt in range(1, self.max_parse_retries + 2):
+            text = self._ask(pairwise_prompt(conversation, answer_a, answer_b), attempt)
+            choice = parse_preference(text, (answer_a, answer_b))
+            if choice is not None:
+                return choice, text
+        return None, text
+
+    def compare_many(self, items: list[tuple[list[dict], str, str]], progress: bool = True, desc: str = "comparing"):
+        return self._map(lambda item: self.compare(*item), items, progress, desc)
+
+    def _map(self, fn, items, progress, desc):
+        return [fn(item) for item in tqdm(items, desc=desc, disable=not progress)]
 
     def _verdict(self, conversation, response, aspect, attempt: int) -> str:
+        return self._ask(judge_prompt(conversation, response, aspect), attempt)
+
+    def _ask(self, prompt: str, attempt: int) -> str:
+        """The judge model's reply to one prompt (LLM judges implement this)."""
         raise NotImplementedError
 
 
@@ -122,6 +177,10 @@ class ToyJudge(Judge):
 
     def _verdict(self, conversation, response, aspect, attempt):
         return self.world.judge_verdict(conversation, response, aspect)
+
+    def compare(self, conversation, answer_a, answer_b):
+        text = self.world.pairwise_verdict(conversation, answer_a, answer_b)
+        return parse_preference(text, (answer_a, answer_b)), text
 
 
 class JudgeEndpointError(RuntimeError):
@@ -180,10 +239,10 @@ class EndpointJudge(Judge):
                 self.failed_requests += 1
         raise JudgeEndpointError(f"{self.base_url}: gave up after {self.max_retries + 1} attempts ({last})")
 
-    def _verdict(self, conversation, response, aspect, attempt):
+    def _ask(self, prompt, attempt):
         payload = {
             "model": self.model,
-            "messages": [{"role": "user", "content": judge_prompt(conversation, response, aspect)}],
+            "messages": [{"role": "user", "content": prompt}],
             "temperature": self.temperature if attempt == 1 else 0.7,  # a re-ask may word it differently
             "max_tokens": self.max_tokens,
         }
@@ -195,9 +254,15 @@ class EndpointJudge(Judge):
         except JudgeEndpointError as err:
             return Verdict(None, f"error: {err}", self.max_retries + 1)
 
-    def judge_many(self, items, progress=True, desc="judging"):
+    def compare(self, conversation, answer_a, answer_b):
+        try:
+            return super().compare(conversation, answer_a, answer_b)
+        except JudgeEndpointError as err:
+            return None, f"error: {err}"
+
+    def _map(self, fn, items, progress, desc):
         with ThreadPoolExecutor(self.max_concurrency) as pool:
-            return list(tqdm(pool.map(lambda item: self.judge(*item), items), total=len(items), desc=desc, disable=not progress))
+            return list(tqdm(pool.map(fn, items), total=len(items), desc=desc, disable=not progress))
 
 
 class HFJudge(Judge):
@@ -210,11 +275,10 @@ class HFJudge(Judge):
         self.model, self.tokenizer = load_model(model_path)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 
-    def _verdict(self, conversation, response, aspect, attempt):
+    def _ask(self, prompt, attempt):
         from .generation import generate
 
-        prompt = [{"role": "user", "content": judge_prompt(conversation, response, aspect)}]
-        (out,) = generate(self.model, self.tokenizer, [prompt], max_new_tokens=self.max_new_tokens,
+        (out,) = generate(self.model, self.tokenizer, [[{"role": "user", "content": prompt}]], max_new_tokens=self.max_new_tokens,
                           temperature=0.0 if attempt == 1 else 0.7, seed=attempt, progress=False)
         return out.text
 

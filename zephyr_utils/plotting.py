@@ -85,3 +85,32 @@ def plot_dpo_curves(log_history: list[dict], axes=None):
         ax.legend(fontsize=7)
     axes[1].set_ylim(0, 1.05)
     return axes
+
+
+def plot_scores_with_ci(scores: dict[str, tuple[float, float, float]], ax=None, title: str = "judge score (95% CI)"):
+    """Bars of (score, low, high) per model, with the interval as error bars."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    names = list(scores)
+    means = [scores[n][0] for n in names]
+    errors = [[scores[n][0] - scores[n][1] for n in names], [scores[n][2] - scores[n][0] for n in names]]
+    ax.bar(names, means, yerr=errors, capsize=6, color="#3b7dd8")
+    ax.set_ylim(0, 10)
+    ax.set_ylabel("mean rating (1-10)")
+    ax.set_title(title)
+    return ax
+
+
+def plot_length_vs_score(points: dict[str, tuple[list[float], list[float]]], ax=None, title: str = "answer length vs judge score"):
+    """Scatter of (answer length, rating) per model."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    for name, (lengths, ratings) in points.items():
+        ax.scatter(lengths, ratings, s=12, alpha=0.5, label=name)
+    ax.set_xlabel("answer length (tokens)")
+    ax.set_ylabel("rating")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax

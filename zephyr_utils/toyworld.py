@@ -313,6 +313,13 @@ class ToyWorld:
         return f"Rationale: {why}\n\nRating: [[{score}]]"
 
 
+    def pairwise_verdict(self, messages: list[dict], answer_a: str, answer_b: str) -> str:
+        """MT-Bench-style pairwise verdict: "[[A]]", "[[B]]" or "[[C]]" (tie) by the overall ratings."""
+        a, b = (sum(r for r, _ in self.rate(messages, x).values()) / len(ASPECTS) for x in (answer_a, answer_b))
+        choice = "A" if a > b else "B" if b > a else "C"
+        return f"Assistant A's answer rates {a:.1f}/10 and assistant B's {b:.1f}/10.\n\n[[{choice}]]"
+
+
 _STOP = {"color", "home", "food", "legs", "sound", "noise", "it"}
 
 

@@ -1,0 +1,99 @@
+import math
+import random
+
+import pytest
+
+from zephyr_utils.evaluation import (Grades, combine_orders, compare_models, length_controlled_win_rate,
+                                     mean_and_standard_error, paired_bootstrap, win_rate)
+from zephyr_utils.generation import Completion
+
+
+def test_win_rate_counts_ties_as_half():
+    assert win_rate(3, 2, 10) == 0.4
+    assert win_rate(0, 4, 4) == 0.5
+    with pytest.raises(ValueError):
+        win_rate(0, 0, 0)
+
+
+@pytest.mark.parametrize("first, swapped, expected", [
+    ("A", "B", "A"), ("B", "A", "B"), ("A", "A", "tie"), ("B", "B", "tie"), ("tie", "tie", "tie"),
+    ("A", "tie", "tie"), (None, "A", None), ("A", None, None),
+])
+def test_both_orders_must_agree_for_a_win(first, swapped, expected):
+    assert combine_orders(first, swapped) == expected
+
+
+class ScriptedJudge:
+    """compare() answers from a function of (answer shown first, answer shown second)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def compare_many(self, items, progress=True):
+        return [(self.fn(a, b), "") for _, a, b in items]
+
+
+def answers(texts):
+    return [[Completion(t, True, 1)] for t in texts]
+
+
+PROMPTS = [{"prompt_id": str(i), "turns": [f"q{i}"]} for i in range(4)]
+
+
+def test_pairwise_with_an_order_consistent_judge():
+    judge = ScriptedJudge(lambda a, b: "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie")
+    result = compare_models(judge, PROMPTS, answers(["long", "long", "x", "same"]), answers(["s", "s", "long", "same"]))
+    assert (result.wins, result.losses, result.ties, result.failures) == (2, 1, 1, 0)
+    assert result.win_rate == (2 + 0.5) / 4 and result.consistency == 1.0
+
+
+def test_pairwise_with_a_position_biased_judge_is_all_ties():
+    judge = ScriptedJudge(lambda a, b: "A")  # always prefers the first answer shown
+    result = compare_models(judge, PROMPTS, answers(["a"] * 4), answers(["b"] * 4))
+    assert (result.wins, result.ties, result.win_rate, result.consistency) == (0, 4, 0.5, 0.0)
+    unreadable = compare_models(ScriptedJudge(lambda a, b: None), PROMPTS, answers(["a"] * 4), answers(["b"] * 4))
+    assert unreadable.failures == 4 and unreadable.n == 0
+
+
+def test_alpacaeval_mean_and_standard_error():
+    mean, se = mean_and_standard_error([1, 0, 1, 0])
+    assert mean == 0.5 and se == pytest.approx(math.sqrt(1 / 3) / 2)
+
+
+def test_length_controlled_win_rate_equals_raw_when_lengths_are_equal():
+    prefs = [1, 1, 0, 0.5, 1, 0, 1, 1]
+    assert length_controlled_win_rate(prefs, [10] * 8, [10] * 8) == pytest.approx(sum(prefs) / 8, abs=1e-6)
+
+
+def test_length_controlled_win_rate_discounts_wins_bought_with_length():
+    # 80 comparisons where the model's answer is 40 tokens longer (it wins 70% of them) and 20 where it is
+    # 40 tokens shorter (it wins 30%). The fitted logits are +-0.847 around theta = 0: at equal length the
+    # model is a coin toss, although its raw win rate is 62%.
+    prefs = [1.0] * 56 + [0.0] * 24 + [1.0] * 6 + [0.0] * 14
+    lengths = [140] * 80 + [60] * 20
+    assert sum(prefs) / 100 == 0.62
+    assert length_controlled_win_rate(prefs, lengths, [100] * 100) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_paired_bootstrap_on_known_distributions():
+    b = [[5.0, 6.0]] * 50
+    assert paired_bootstrap([[6.0, 7.0]] * 50, b) == (1.0, 1.0, 1.0)
+    rng = random.Random(1)
+    diffs = [rng.gauss(0.5, 1.0) for _ in range(400)]
+    mean, low, high = paired_bootstrap([[d] for d in diffs], [[0.0]] * 400, samples=2000)
+    half_width = 1.96 / math.sqrt(400)  # the normal approximation for sd 1
+    assert low < 0.5 < high and abs((high - low) / 2 - half_width) < 0.03
+
+
+def test_paired_bootstrap_keeps_the_turns_of_a_prompt_together():
+    # each prompt: +1 on turn 1, -1 on turn 2. Resampling prompts keeps every mean at 0 exactly;
+    # resampling turns independently would not.
+    mean, low, high = paired_bootstrap([[1.0, -1.0]] * 30, [[0.0, 0.0]] * 30)
+    assert (mean, low, high) == (0.0, 0.0, 0.0)
+
+
+def test_grades_count_failures_and_average_rated_turns():
+    g = Grades([[8.0, None], [6.0, 4.0]])
+    assert g.failures == 1 and g.score == 6.0 and g.turn_score(0) == 7.0 and g.turn_score(1) == 4.0
+    with pytest.raises(ValueError, match="no prompt"):
+        paired_bootstrap([[None]], [[1.0]])

@@ -27,3 +27,22 @@ def tiny_base(tiny_base_path):
     from zephyr_utils.generation import load_model
 
     return load_model(str(tiny_base_path))
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory, tiny_base_path):
+    """The book built as `make book` builds it (every chapter executed at tiny scale, -W -n), into a
+    temporary directory with its own runs/. Returns the `_build` directory."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "book/_vendor/node_modules/mathjax/es5/tex-chtml.js").is_file(), "MathJax is missing: run `make setup`"
+    out = tmp_path_factory.mktemp("book")
+    env = {**os.environ, "ZEPHYR_RUNS": str(out / "runs"), "ZEPHYR_SCALE": "tiny"}
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    done = subprocess.run([str(jupyter_book), "build", str(root / "book"), "--path-output", str(out), "-W", "-n", "--keep-going"],
+                          env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return out / "_build"

@@ -1,11 +1,9 @@
-"""The `zephyr` command: `zephyr tiny-base`, `zephyr sft --scale tiny --set learning_rate=1e-4`, `zephyr book`."""
+"""The `zephyr` command: `zephyr tiny-base`, `zephyr sft|aif|dpo --scale tiny --set learning_rate=1e-4`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
 import yaml
 
 
@@ -43,25 +41,6 @@ def cmd_stage(args) -> None:
     print(f"{args.command} output: {run(recipe)}")
 
 
-def cmd_book(args) -> None:
-    """Execute every notebook in order at tiny scale and write HTML pages."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbconvert import HTMLExporter
-
-    root = Path(args.root)
-    out = root / "book" / "_build" / "html"
-    out.mkdir(parents=True, exist_ok=True)
-    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    for nb_path in notebooks:
-        print(f"executing {nb_path.name} ...", flush=True)
-        nb = nbformat.read(nb_path, as_version=4)
-        NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
-        html, _ = HTMLExporter().from_notebook_node(nb)
-        (out / f"{nb_path.stem}.html").write_text(html)
-    print(f"book: {len(notebooks)} chapter(s) executed; open {out.resolve()}/<chapter>.html")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="zephyr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,10 +58,6 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--recipe", help="a YAML recipe replacing the shipped one")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe field")
         p.set_defaults(func=cmd_stage)
-
-    p = sub.add_parser("book", help="execute the notebooks at tiny scale and write HTML")
-    p.add_argument("--root", default=".", help="the project checkout")
-    p.set_defaults(func=cmd_book)
 
     args = parser.parse_args(argv)
     try:

@@ -138,7 +138,8 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
         if not todo:
             continue
         name, temperature = parse_pool_member(member, recipe.temperature)
-        sampler = TeacherSampler() if name == "teacher" else Sampler(resolve_model_path(name, recipe.scale), batch_size=recipe.batch_size)
+        backend = "transformers" if recipe.scale == "tiny" else "auto"  # vLLM at demo/full scale when installed
+        sampler = TeacherSampler() if name == "teacher" else Sampler(resolve_model_path(name, recipe.scale), backend, recipe.batch_size)
         bar = tqdm(total=len(todo), desc=f"sampling {member}", disable=not progress)
         for start in range(0, len(todo), recipe.batch_size):
             chunk = todo[start : start + recipe.batch_size]

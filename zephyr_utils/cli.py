@@ -1,10 +1,30 @@
-"""The `zephyr` command: `zephyr tiny-base`, `zephyr sft|aif|dpo --scale tiny --set learning_rate=1e-4`."""
+"""The `zephyr` command.
+
+    zephyr tiny-base                                   # build (or reuse) the tiny base model
+    zephyr sft --scale tiny --set learning_rate=1e-4   # run a stage in this process
+    zephyr dpo --scale full                            # full scale: under `accelerate launch`, DeepSpeed ZeRO-3
+    zephyr dpo --scale full --dry-run                  # print that launch command, run nothing
+
+A recipe whose `launcher` is an accelerate config name (deepspeed_zero3, fsdp, multi_gpu) runs under
+`accelerate launch --config_file <shipped config> --num_processes N`, which starts N copies of this
+command with `--in-process`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import shutil
+import subprocess
 import sys
+from importlib import resources
+from pathlib import Path
+
 import yaml
+
+STAGES = ("sft", "aif", "dpo", "eval")
+LAUNCHERS = ("deepspeed_zero3", "fsdp", "multi_gpu")
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -18,31 +38,103 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
+def accelerate_config(name: str) -> Path:
+    """The shipped accelerate config file for a launcher name."""
+    if name not in LAUNCHERS:
+        raise ValueError(f"unknown launcher {name!r}; expected in-process or one of {', '.join(LAUNCHERS)}")
+    return Path(str(resources.files("zephyr_utils") / "accelerate" / f"{name}.yaml"))
+
+
+def launch_command(stage: str, scale: str, launcher: str | None, num_processes: int, recipe_file: str | None = None,
+                   sets: list[str] = (), cpu: bool = False) -> list[str]:
+    """`accelerate launch ... -m zephyr_utils.cli <stage> --in-process ...` as an argument list.
+    `launcher=None` uses accelerate's defaults; `cpu=True` gives DDP over gloo on the CPU."""
+    command = ["accelerate", "launch"]
+    if launcher is not None:
+        command += ["--config_file", str(accelerate_config(launcher))]
+    if cpu:
+        # accelerate's `--cpu` starts a single process; its torchrun launcher starts N, and the trainer's
+        # use_cpu=True (set when there is no GPU) joins them in a gloo process group: DDP on the CPU.
+        command += ["--multi_gpu"]
+    command += ["--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no" if cpu else "bf16",
+                "--dynamo_backend", "no", "-m", "zephyr_utils.cli", stage, "--scale", scale, "--in-process"]
+    if recipe_file:
+        command += ["--recipe", str(recipe_file)]
+    for pair in sets:
+        command += ["--set", pair]
+    return command
+
+
+def run_in_process(stage: str, recipe) -> Path:
+    """Run one stage of the recipe in this process; returns its output directory."""
+    if stage == "sft":
+        from .sft import train_sft as run
+    elif stage == "aif":
+        from .aif import run_aif as run
+    elif stage == "dpo":
+        from .dpo import train_dpo as run
+    else:
+        from .evaluation import run_eval as run
+    return run(recipe)
+
+
+def default_num_processes(recipe) -> int:
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        gpus = 0
+    return gpus or getattr(recipe, "num_processes", 1)
+
+
+def cmd_stage(args) -> None:
+    from .config import load_recipe
+
+    recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))
+    launcher = args.launcher or getattr(recipe, "launcher", "in-process")
+    if args.in_process or launcher == "in-process" or "LOCAL_RANK" in os.environ:
+        if args.dry_run:
+            print(f"{args.command} would run in this process (launcher: in-process)")
+            return
+        print(f"{args.command} output: {run_in_process(args.command, recipe)}")
+        return
+    n = args.num_processes or default_num_processes(recipe)
+    command = launch_command(args.command, recipe.scale, launcher, n, args.recipe, args.set)
+    print(shlex.join(command), flush=True)
+    if not args.dry_run:
+        raise SystemExit(subprocess.call([accelerate_executable()] + command[1:]))
+
+
+def accelerate_executable() -> str:
+    """The `accelerate` command of this Python environment (also when its bin/ is not on PATH)."""
+    beside = Path(sys.executable).parent / "accelerate"
+    return str(beside) if beside.exists() else (shutil.which("accelerate") or "accelerate")
+
+
+def run_stage(stage: str, scale: str, *sets: str, recipe_file: str | None = None) -> None:
+    """Run `zephyr <stage>` as a subprocess and stream its output (how notebooks launch full-scale stages)."""
+    command = [sys.executable, "-m", "zephyr_utils.cli", stage, "--scale", scale]
+    command += ["--recipe", recipe_file] if recipe_file else []
+    for pair in sets:
+        command += ["--set", pair]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+    if process.returncode:
+        raise RuntimeError(f"{shlex.join(command)} failed with exit code {process.returncode}")
+
+
 def cmd_tiny_base(args) -> None:
     from .config import load_recipe
     from .tiny import build_tiny_base
 
     recipe = load_recipe("base", "tiny", args.recipe, **parse_sets(args.set))
-    path = build_tiny_base(recipe, force=args.force)
-    print(f"tiny base model: {path}")
-
-
-def cmd_stage(args) -> None:
-    """Run one stage of the recipe in this process."""
-    from .config import load_recipe
-
-    recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))
-    if args.command == "sft":
-        from .sft import train_sft as run
-    elif args.command == "aif":
-        from .aif import run_aif as run
-    else:
-        from .dpo import train_dpo as run
-    print(f"{args.command} output: {run(recipe)}")
+    print(f"tiny base model: {build_tiny_base(recipe, force=args.force)}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="zephyr", description=__doc__)
+    parser = argparse.ArgumentParser(prog="zephyr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tiny-base", help="build (or reuse) the tiny base model")
@@ -51,12 +143,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe field")
     p.set_defaults(func=cmd_tiny_base)
 
-    for stage, about in (("sft", "dSFT: fine-tune on teacher dialogues"), ("aif", "AIF: collect and binarize AI-feedback preferences"),
-                         ("dpo", "dDPO: preference-tune the dSFT model")):
-        p = sub.add_parser(stage, help=about)
+    about = {"sft": "dSFT: fine-tune on teacher dialogues", "aif": "AIF: collect and binarize AI-feedback preferences",
+             "dpo": "dDPO: preference-tune the dSFT model", "eval": "evaluate the models with the judge"}
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=about[stage])
         p.add_argument("--scale", default=None, help="tiny, demo or full (default: $ZEPHYR_SCALE or tiny)")
         p.add_argument("--recipe", help="a YAML recipe replacing the shipped one")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe field")
+        p.add_argument("--launcher", choices=("in-process",) + LAUNCHERS, help="override the recipe's launcher")
+        p.add_argument("--num-processes", type=int, help="processes to launch (default: the GPUs here, else the recipe's)")
+        p.add_argument("--dry-run", action="store_true", help="print the launch command and exit")
+        p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
         p.set_defaults(func=cmd_stage)
 
     args = parser.parse_args(argv)

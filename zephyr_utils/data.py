@@ -165,7 +165,7 @@ def write_jsonl(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write rows as JSON lines atomically (write to a temp file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # one per process: ranks may race
     with tmp.open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -177,9 +177,9 @@ def write_toyworld_data(world_seed: int = 0, root: str | os.PathLike | None = No
     """Write the toy world's dSFT dialogues as `sft/train.jsonl` and `sft/test.jsonl` (every 20th
     dialogue held out), plus the AIF and eval prompts; returns the directory. Reused if present."""
     from .tiny import cache_dir
-    from .toyworld import ToyWorld
+    from .toyworld import ToyWorld, source_digest
 
-    directory = Path(root or cache_dir()) / f"toyworld-{world_seed}"
+    directory = Path(root or cache_dir()) / f"toyworld-{world_seed}-{source_digest()}"
     if (directory / "sft" / "test.jsonl").is_file():
         return directory
     world = ToyWorld(seed=world_seed)

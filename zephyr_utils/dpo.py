@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import DPORecipe, build_recipe, load_recipe, recipe_to_dict, stage_dir, write_run_info
+from .config import DPORecipe, build_recipe, load_recipe, recipe_to_dict, stage_dir
 from .data import load_preference_data
-from .models import load_model, load_tokenizer, lora_config, merge_lora, resolve_model_path
-from .sft import run_trainer, subsample, training_args
+from .models import load_model, load_tokenizer, lora_config, resolve_model_path
+from .sft import run_trainer, save_outputs, subsample, training_args
 
 
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -128,10 +128,5 @@ def train_dpo(recipe: DPORecipe, callbacks: list | None = None) -> Path:
         callbacks=callbacks,
     )
     run_trainer(trainer, output_dir)
-    model = merge_lora(trainer, start_path, recipe) if peft else trainer.model
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    write_run_info(output_dir, recipe, trainer.state.log_history, start_model=start_path, dataset=source)
+    save_outputs(trainer, tokenizer, output_dir, recipe, start_path, start_model=start_path, dataset=source)
     return output_dir

@@ -241,3 +241,38 @@ def adherence_of(answers: list[list[Completion]]) -> float:
     """Share of all answered turns that follow the chat template."""
     turns = [c for a in answers for c in a]
     return sum(follows_template(c.text, c.finished) for c in turns) / len(turns)
+
+
+def run_eval(recipe):
+    """`zephyr eval`: answer the eval prompts with each of `recipe.models`, grade every turn, compare the
+    last model with the one before it pairwise, and write `results.json` in runs/<scale>/eval/."""
+    import json
+
+    from .config import stage_dir, write_run_info
+    from .generation import load_model
+    from .judges import make_judge
+    from .models import resolve_model_path
+
+    out = stage_dir(recipe, "eval")
+    prompts = load_eval_prompts(recipe.prompts)
+    judge = make_judge(recipe.judge, recipe.judge_base_url)
+    answers, results = {}, {"judge": judge.name, "prompts": len(prompts), "models": {}}
+    for name in recipe.models:
+        model, tokenizer = load_model(resolve_model_path(name, recipe.scale))
+        answers[name] = answer_turns(model, tokenizer, prompts, recipe.max_new_tokens, recipe.batch_size)
+        grades = grade_answers(judge, prompts, answers[name])
+        score, low, high = score_ci(grades, recipe.bootstrap_samples, recipe.seed)
+        results["models"][name] = {"score": score, "ci95": [low, high], "turn_scores": [grades.turn_score(k) for k in range(2)],
+                                   "grading_failures": grades.failures, "template_adherence": adherence_of(answers[name]),
+                                   "ratings": grades.per_prompt}
+    if len(recipe.models) >= 2:
+        a, b = recipe.models[-1], recipe.models[-2]
+        pair = compare_models(judge, prompts, answers[a], answers[b])
+        diff = paired_bootstrap(results["models"][a]["ratings"], results["models"][b]["ratings"], recipe.bootstrap_samples, recipe.seed)
+        results["pairwise"] = {"a": a, "b": b, "wins": pair.wins, "losses": pair.losses, "ties": pair.ties,
+                               "failures": pair.failures, "win_rate": pair.win_rate, "position_consistency": pair.consistency,
+                               "score_difference": diff[0], "difference_ci95": list(diff[1:])}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_run_info(out, recipe, [])
+    return out

@@ -109,10 +109,22 @@ def train_sft(recipe: SFTRecipe, callbacks: list | None = None) -> Path:
         callbacks=callbacks,
     )
     run_trainer(trainer, output_dir)
-    model = merge_lora(trainer, base_path, recipe) if lora_config(recipe) else trainer.model
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    write_run_info(output_dir, recipe, trainer.state.log_history, base_model=base_path)
+    save_outputs(trainer, tokenizer, output_dir, recipe, base_path, base_model=base_path)
     return output_dir
+
+
+def save_outputs(trainer, tokenizer, output_dir: Path, recipe, base_path: str, **info) -> None:
+    """Save the trained model (LoRA merged in), its tokenizer, the recipe, versions and logs.
+
+    Under `accelerate launch` every process gets here; the trainer gathers sharded weights and only the
+    main process writes."""
+    for config in (trainer.model.generation_config,):
+        config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if lora_config(recipe):
+        if trainer.is_world_process_zero():
+            merge_lora(trainer, base_path, recipe).save_pretrained(output_dir, safe_serialization=True)
+    else:
+        trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
+        write_run_info(output_dir, recipe, trainer.state.log_history, **info)

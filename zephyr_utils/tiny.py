@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
+from . import toyworld
 from .config import BaseRecipe, load_recipe, recipe_to_dict
 from .toyworld import ROLE_MARKERS, ToyWorld
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 CACHE_ENV = "ZEPHYR_CACHE"
-FORMAT_VERSION = 1  # bump when the world or the build changes in a way the recipe does not show
 
 
 def cache_dir() -> Path:
@@ -35,7 +35,9 @@ def tiny_base_path(recipe: BaseRecipe | None = None, root: str | os.PathLike | N
     """The cache directory of the base model a recipe builds (one directory per recipe)."""
     recipe = recipe or load_recipe("base", "tiny")
     key = {k: v for k, v in recipe_to_dict(recipe).items() if k not in ("output_dir", "scale")}
-    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, key], sort_keys=True).encode()).hexdigest()[:12]
+    # the code that generates the world and builds the model is part of the key: change it, rebuild
+    code = [toyworld.source_digest(), hashlib.sha256(Path(__file__).read_bytes()).hexdigest()]
+    digest = hashlib.sha256(json.dumps([key, code], sort_keys=True).encode()).hexdigest()[:12]
     return Path(root or cache_dir()) / f"tiny-base-{digest}"
 
 

@@ -18,6 +18,7 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .chat import ROLE_MARKERS
 
@@ -120,12 +121,13 @@ class ToyWorld:
 
     # ----- plain text ------------------------------------------------------------------------
     def pretraining_corpus(self, n_docs_per_creature: int = 24) -> list[str]:
-        """Paragraphs of 6-10 fact sentences about one or two creatures (no chat format)."""
+        """Paragraphs of 10-15 fact sentences about two or three creatures (no chat format). A paragraph
+        is longer than an answer may be, so a base model that continues the text does not stop early."""
         rng = random.Random(self.seed + 1)
         docs = []
         for e in self.creatures:
             for _ in range(n_docs_per_creature):
-                subjects = [e] + ([rng.choice(self.creatures)] if rng.random() < 0.5 else [])
+                subjects = [e] + rng.sample([c for c in self.creatures if c != e], rng.choice([1, 2]))
                 sentences = [self._fact_sentence(s, a, rng) for s in subjects for a in ATTRIBUTES]
                 rng.shuffle(sentences)
                 docs.append(" ".join(sentences))
@@ -321,6 +323,11 @@ class ToyWorld:
 
 
 _STOP = {"color", "home", "food", "legs", "sound", "noise", "it"}
+
+
+def source_digest() -> str:
+    """A digest of this module's code: caches of generated data are keyed by it."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def _attribute_of(text: str) -> str | None:

@@ -1,0 +1,92 @@
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zephyr_utils.cli import LAUNCHERS, accelerate_config, accelerate_executable, launch_command, main, parse_sets
+
+
+def test_parse_sets_reads_yaml_values():
+    assert parse_sets(["learning_rate=1e-4", "use_lora=true", "pool=[a@1, b]", "name=x=y"]) == {
+        "learning_rate": "1e-4", "use_lora": True, "pool": ["a@1", "b"], "name": "x=y"}
+    with pytest.raises(SystemExit):
+        parse_sets(["novalue"])
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_shipped_accelerate_configs(launcher):
+    import yaml
+
+    config = yaml.safe_load(accelerate_config(launcher).read_text())
+    assert config["mixed_precision"] == "bf16" and config["num_machines"] == 1
+    assert config["distributed_type"] == {"deepspeed_zero3": "DEEPSPEED", "fsdp": "FSDP", "multi_gpu": "MULTI_GPU"}[launcher]
+    if launcher == "deepspeed_zero3":
+        assert config["deepspeed_config"]["zero_stage"] == 3
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_full_scale_dry_run_prints_the_exact_launch_command(capsys, stage, launcher):
+    main([stage, "--scale", "full", "--launcher", launcher, "--num-processes", "8", "--dry-run", "--set", "num_train_epochs=1"])
+    printed = capsys.readouterr().out.strip()
+    assert printed == shlex.join(launch_command(stage, "full", launcher, 8, None, ["num_train_epochs=1"]))
+    args = shlex.split(printed)
+    assert args[:4] == ["accelerate", "launch", "--config_file", str(accelerate_config(launcher))]
+    assert args[args.index("--num_processes") + 1] == "8"
+    assert args[args.index("-m") + 1:] == ["zephyr_utils.cli", stage, "--scale", "full", "--in-process", "--set", "num_train_epochs=1"]
+    assert Path(args[3]).is_file()
+
+
+def test_full_recipe_launches_with_zero3_by_default(capsys):
+    main(["dpo", "--scale", "full", "--num-processes", "16", "--dry-run"])
+    assert "deepspeed_zero3.yaml --num_processes 16" in capsys.readouterr().out
+
+
+def test_tiny_runs_in_process(capsys):
+    main(["sft", "--scale", "tiny", "--dry-run"])
+    assert "in this process" in capsys.readouterr().out
+
+
+def test_bad_input_is_a_clear_cli_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--scale", "tiny", "--set", "learnin_rate=1", "--dry-run"])
+    assert exit_info.value.code == 2 and "unknown field 'learnin_rate'" in capsys.readouterr().err
+
+
+def toy_pairs(world, n):
+    rows = []
+    for p in world.prompts("aif")[:n]:
+        q = world.resolve_question(p["messages"])
+        rows.append({"prompt": p["prompt"], "prompt_id": p["prompt_id"],
+                     "chosen": p["messages"] + [{"role": "assistant", "content": world.answer(q, chatty=False)}],
+                     "rejected": p["messages"] + [{"role": "assistant", "content": "The weather is nice today."}]})
+    return rows
+
+
+def test_two_process_cpu_launch_of_sft_and_dpo(tmp_path, tiny_base_path, world):
+    """DDP over gloo on the CPU, one torch thread per process: the tiny dSFT and dDPO stages finish and load."""
+    from zephyr_utils.data import load_sft_data, write_jsonl
+    from zephyr_utils.generation import load_model
+
+    load_sft_data("toyworld", "train")  # write the toy data once, before two processes read it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ZEPHYR_RUNS": str(tmp_path / "runs")}
+    sft_dir, dpo_dir, prefs = tmp_path / "sft", tmp_path / "dpo", tmp_path / "prefs"
+    write_jsonl(toy_pairs(world, 48), prefs / "train.jsonl")
+    write_jsonl(toy_pairs(world, 56)[48:], prefs / "test.jsonl")
+    for stage, sets in (("sft", [f"output_dir={sft_dir}", "max_steps=8", "save_steps=4", "logging_steps=2"]),
+                        ("dpo", [f"output_dir={dpo_dir}", f"model_name_or_path={sft_dir}", f"dataset={prefs}",
+                                 "max_steps=4", "save_steps=2", "logging_steps=1", "per_device_train_batch_size=4"])):
+        command = launch_command(stage, "tiny", None, 2, sets=sets, cpu=True)
+        done = subprocess.run([accelerate_executable()] + command[1:], env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        out = sft_dir if stage == "sft" else dpo_dir
+        state = json.loads((out / f"checkpoint-{8 if stage == 'sft' else 4}" / "trainer_state.json").read_text())
+        assert state["global_step"] == (8 if stage == "sft" else 4)
+        if stage == "sft":  # two processes share each step: 615 dialogues / (16 x 2) = 20 steps per epoch
+            assert state["epoch"] == pytest.approx(8 / 20, abs=0.01)
+        model, tokenizer = load_model(str(out))
+        assert tokenizer.chat_template and model.config.model_type == "mistral"

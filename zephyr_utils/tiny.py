@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -141,10 +142,14 @@ def build_tiny_base(recipe: BaseRecipe | None = None, root: str | os.PathLike | 
     start = time.perf_counter()
     world = ToyWorld(seed=recipe.world_seed)
     corpus = world.pretraining_corpus(recipe.docs_per_creature)
-    # The tokenizer also sees the chat markers and dialogues as text (a real tokenizer has seen
-    # all kinds of text); the *model* never does: it is pretrained on the plain corpus only.
+    # The tokenizer also sees the chat markers and dialogues as text (a real tokenizer has seen all
+    # kinds of text); the *model* never does: it is pretrained on the plain corpus only. Creature names
+    # are left out of the tokenizer's training text, so that, like rare names in a real tokenizer, they
+    # are split into pieces: a model that learns to copy pieces can repeat any name it is asked about.
+    names = re.compile(r"\b(" + "|".join(world.creatures + world.unknown) + r")\b")
     dialogue_text = [m["content"] for r in world.sft_dialogues() for m in r["messages"]]
-    tokenizer = train_tokenizer(corpus + dialogue_text + list(ROLE_MARKERS) * 50, recipe.vocab_size)
+    tokenizer_text = [names.sub("", t) for t in corpus + dialogue_text] + list(ROLE_MARKERS) * 50
+    tokenizer = train_tokenizer(tokenizer_text, recipe.vocab_size)
     blocks = pack(corpus, tokenizer, recipe.block_size)
     torch.manual_seed(recipe.seed)
     model = make_model(recipe, tokenizer)

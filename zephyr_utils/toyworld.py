@@ -92,7 +92,7 @@ class ToyWorld:
 
     seed: int = 0
     n_creatures: int = 80
-    n_unknown: int = 40
+    n_unknown: int = 200
     facts: dict[str, dict[str, str]] = field(init=False)
     unknown: list[str] = field(init=False)
 
@@ -109,8 +109,9 @@ class ToyWorld:
         self.split_pairs = {k: [(e, a) for e in v for a in ATTRIBUTES] for k, v in split_creatures.items()}
         pairs = [(e, a) for e in real for a in ATTRIBUTES]
         rng.shuffle(pairs)
-        n_u = len(self.unknown)
-        cut1, cut2 = int(0.4 * n_u), int(0.75 * n_u)
+        # Made-up creatures: most go to dSFT, each asked about once. So many fresh names teach the model
+        # to *copy* the name it was asked about, instead of recalling a familiar one.
+        cut1, cut2 = int(0.75 * len(self.unknown)), int(0.9 * len(self.unknown))
         self.split_unknown = {"sft": self.unknown[:cut1], "aif": self.unknown[cut1:cut2], "eval": self.unknown[cut2:]}
         # Facts whose canonical sentence never appears in the corpus: the base model's held-out probe.
         self.held_out_facts = set(pairs[:: 3])
@@ -163,7 +164,7 @@ class ToyWorld:
         return text
 
     # How each split asks: (question wordings per item, share of two-turn conversations).
-    SPLIT_STYLE = {"sft": (3, 0.3), "aif": (4, 0.3), "eval": (1, 1.0)}
+    SPLIT_STYLE = {"sft": (3, 0.3), "aif": (4, 0.3), "eval": (2, 1.0)}
 
     def _questions(self, split: str) -> list[list[Question]]:
         """The conversations (lists of questions) of a split; deterministic for the seed."""
@@ -172,7 +173,7 @@ class ToyWorld:
         items = list(self.split_pairs[split]) + [(u, rng.choice(list(ATTRIBUTES))) for u in self.split_unknown[split]]
         convs = []
         for e, a in items:
-            for template in rng.sample(QUESTION_TEMPLATES[a], n_wordings):
+            for template in rng.sample(QUESTION_TEMPLATES[a], n_wordings if e in self.facts else 1):
                 q1 = Question(e, a, template.format(e=e))
                 if rng.random() < two_turn_share:
                     a2 = rng.choice([x for x in ATTRIBUTES if x != a])

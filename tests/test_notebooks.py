@@ -46,7 +46,8 @@ def test_02_aif(built_book):
     means = {m: float(s) for m, s in re.findall(r"(\S+): mean judge score ([\d.]+)", out)}
     print(f"\nchapter 2: {pairs} pairs; pool means {means}")
     assert pairs >= 500 and len(means) == 4 and max(means.values()) - min(means.values()) > 2
-    assert "=> parsed rating: 1.0" in out  # the answer that rated itself 10 was not believed
+    good, injected = map(float, re.findall(r"=> parsed rating: ([\d.]+)", out))
+    assert good == 10 and injected <= 3  # the answer that rated itself 10 was not believed
     assert images_of(executed(built_book, "02_aif")) >= 1
 
 

@@ -97,3 +97,19 @@ def test_grades_count_failures_and_average_rated_turns():
     assert g.failures == 1 and g.score == 6.0 and g.turn_score(0) == 7.0 and g.turn_score(1) == 4.0
     with pytest.raises(ValueError, match="no prompt"):
         paired_bootstrap([[None]], [[1.0]])
+
+
+def test_run_eval_writes_scores_cis_and_a_pairwise_comparison(tmp_path, tiny_base_path):
+    import json
+
+    from zephyr_utils.config import load_recipe
+    from zephyr_utils.evaluation import run_eval
+
+    out = run_eval(load_recipe("eval", "tiny", models=["base", "tiny"], output_dir=str(tmp_path / "eval"), bootstrap_samples=200))
+    results = json.loads((out / "results.json").read_text())
+    assert results["judge"] == "toy" and results["prompts"] >= 80
+    for name in ("base", "tiny"):  # the same model under two names
+        m = results["models"][name]
+        assert m["ci95"][0] <= m["score"] <= m["ci95"][1] and m["grading_failures"] == 0 and m["template_adherence"] < 0.2
+    pair = results["pairwise"]
+    assert pair["wins"] == pair["losses"] == 0 and pair["win_rate"] == 0.5 and pair["score_difference"] == 0.0

@@ -79,3 +79,31 @@ def test_bad_preference_rows_fail_before_training(tmp_path, monkeypatch, corrupt
     monkeypatch.setattr(dpo, "load_model", lambda *a, **k: pytest.fail("a model was loaded before the data was checked"))
     with pytest.raises(ValueError, match=f"train.jsonl: row 3.*{match}|train.jsonl: row 3, field.*{match}"):
         dpo.train_dpo(load_recipe("dpo", "tiny", dataset=str(d), model_name_or_path=str(tmp_path), output_dir=str(tmp_path / "out")))
+
+
+def test_lora_dpo_uses_the_adapter_disabled_reference_and_saves_a_merged_model(tmp_path, tiny_base_path, world):
+    """LoRA at tiny size: no reference copy is loaded, and the saved model is plain (adapter merged)."""
+    from zephyr_utils import dpo
+    from zephyr_utils.data import write_jsonl
+
+    rows = pairs(24)
+    write_jsonl(rows[:20], tmp_path / "prefs" / "train.jsonl")
+    write_jsonl(rows[20:], tmp_path / "prefs" / "test.jsonl")
+    loaded = []
+    real_load = dpo.load_model
+    recipe = load_recipe("dpo", "tiny", model_name_or_path=str(tiny_base_path), dataset=str(tmp_path / "prefs"),
+                         output_dir=str(tmp_path / "out"), use_lora=True, lora_r=4, lora_alpha=8, max_steps=3,
+                         per_device_train_batch_size=4, learning_rate=1e-3, lora_target_modules=["q_proj", "v_proj"],
+                         logging_steps=1)
+    dpo.load_model = lambda *a, **k: loaded.append(a) or real_load(*a, **k)
+    try:
+        out = dpo.train_dpo(recipe)
+    finally:
+        dpo.load_model = real_load
+    assert len(loaded) == 1  # the policy only: the reference is the adapter-disabled policy
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "model.safetensors")
+    assert not any("lora" in k for k in weights) and any("q_proj" in k for k in weights)
+    history = json.loads((out / "log_history.json").read_text())
+    assert any("rewards/margins" in h for h in history)

@@ -113,3 +113,20 @@ def test_run_eval_writes_scores_cis_and_a_pairwise_comparison(tmp_path, tiny_bas
         assert m["ci95"][0] <= m["score"] <= m["ci95"][1] and m["grading_failures"] == 0 and m["template_adherence"] < 0.2
     pair = results["pairwise"]
     assert pair["wins"] == pair["losses"] == 0 and pair["win_rate"] == 0.5 and pair["score_difference"] == 0.0
+
+
+def test_mt_bench_prompts_are_loaded_at_run_time(monkeypatch):
+    import datasets
+
+    from zephyr_utils.evaluation import load_eval_prompts
+
+    rows = [{"prompt_id": 81, "category": "writing", "prompt": ["Write a poem.", "Now shorter."]},
+            {"prompt_id": 82, "category": "math", "prompt": ["What is 2+2?", "And 3+3?"]}]
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or datasets.Dataset.from_list(rows))
+    prompts = load_eval_prompts("HuggingFaceH4/mt_bench_prompts", "train")
+    assert calls == [(("HuggingFaceH4/mt_bench_prompts",), {"split": "train"})]
+    assert prompts[1] == {"prompt_id": "82", "turns": ["What is 2+2?", "And 3+3?"], "category": "math"}
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list([{"prompt": [""]}]))
+    with pytest.raises(ValueError, match="row 0 has no usable"):
+        load_eval_prompts("x/y")

@@ -185,3 +185,14 @@ def test_endpoint_concurrency_is_limited(fake_server):
     verdicts = judge_for(server, max_concurrency=3).judge_many([(CONV, "Blue.", "overall")] * 12, progress=False)
     assert [v.rating for v in verdicts] == [6] * 12
     assert server.max_active <= 3 and server.max_active >= 2
+
+
+def test_a_local_hf_judge_that_writes_no_rating_is_recorded_missing(tiny_base_path):
+    """The tiny base model is a hopeless judge: its verdicts are retried, then counted as missing."""
+    from zephyr_utils.judges import HFJudge
+
+    judge = HFJudge(str(tiny_base_path), max_new_tokens=16)
+    verdict = judge.judge(CONV, "Blue.", "helpfulness")
+    assert verdict.rating is None and verdict.attempts == 3 and isinstance(verdict.text, str)
+    choice, text = judge.compare(CONV, "Blue.", "Green.")
+    assert choice is None

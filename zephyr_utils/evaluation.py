@@ -46,8 +46,9 @@ def load_eval_prompts(source: str = "toyworld", split: str = "train") -> list[di
 
 
 def answer_turns(model, tokenizer, prompts: list[dict], max_new_tokens: int = 64, batch_size: int = 64,
-                 progress: bool = True) -> list[list[Completion]]:
-    """The model's answers to every turn of every prompt; turn k sees the model's own earlier answers."""
+                 progress: bool = True, temperature: float = 0.0) -> list[list[Completion]]:
+    """The model's answers to every turn of every prompt (greedy unless a temperature is given); turn k
+    sees the model's own earlier answers."""
     conversations = [[] for _ in prompts]
     answers: list[list[Completion]] = [[] for _ in prompts]
     for k in range(max(len(p["turns"]) for p in prompts)):
@@ -55,7 +56,7 @@ def answer_turns(model, tokenizer, prompts: list[dict], max_new_tokens: int = 64
         for i in active:
             conversations[i].append({"role": "user", "content": prompts[i]["turns"][k]})
         outs = generate(model, tokenizer, [conversations[i] for i in active], max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, progress=progress, desc=f"answering turn {k + 1}")
+                        temperature=temperature, batch_size=batch_size, progress=progress, desc=f"answering turn {k + 1}")
         for i, out in zip(active, outs):
             answers[i].append(out)
             conversations[i].append({"role": "assistant", "content": out.text})
@@ -259,7 +260,8 @@ def run_eval(recipe):
     answers, results = {}, {"judge": judge.name, "prompts": len(prompts), "models": {}}
     for name in recipe.models:
         model, tokenizer = load_model(resolve_model_path(name, recipe.scale))
-        answers[name] = answer_turns(model, tokenizer, prompts, recipe.max_new_tokens, recipe.batch_size)
+        answers[name] = answer_turns(model, tokenizer, prompts, recipe.max_new_tokens, recipe.batch_size,
+                                     temperature=recipe.temperature)
         grades = grade_answers(judge, prompts, answers[name])
         score, low, high = score_ci(grades, recipe.bootstrap_samples, recipe.seed)
         results["models"][name] = {"score": score, "ci95": [low, high], "turn_scores": [grades.turn_score(k) for k in range(2)],

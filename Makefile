@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test book tiny-base clean
+.PHONY: setup browser test book bench tiny-base clean
 
 setup: $(STAMP) $(MATHJAX)
 
@@ -42,3 +42,6 @@ book: setup tiny-base
 
 clean:
 	rm -rf runs book/_build
+
+bench: setup
+	$(BIN)/python bench/run.py

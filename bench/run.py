@@ -1,0 +1,211 @@
+"""`make bench`: how fast each stage runs at tiny scale on this machine, and why.
+
+Writes bench/results/latest.json, latest.md and latest.png. Every ratio is computed from numbers
+measured in this one run. Usage: python bench/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def gemm_gflops(n: int = 2048, reps: int = 10) -> float:
+    """fp32 matmul throughput through torch with the thread count training uses."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def non_embedding_params(path: str) -> int:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def bench_pipeline(work: Path) -> dict:
+    """Wall seconds of each stage of the whole tiny recipe, the base model built from nothing."""
+    from zephyr_utils.aif import run_aif
+    from zephyr_utils.config import load_recipe
+    from zephyr_utils.dpo import train_dpo
+    from zephyr_utils.evaluation import run_eval
+    from zephyr_utils.sft import train_sft
+    from zephyr_utils.tiny import build_tiny_base
+
+    seconds = {}
+    _, seconds["base"] = timed(build_tiny_base, force=True, progress=False)
+    _, seconds["sft"] = timed(train_sft, load_recipe("sft", "tiny"))
+    _, seconds["aif"] = timed(run_aif, load_recipe("aif", "tiny"), progress=False)
+    _, seconds["dpo"] = timed(train_dpo, load_recipe("dpo", "tiny"))
+    _, seconds["eval"] = timed(run_eval, load_recipe("eval", "tiny", models=["sft", "dpo"]))
+    return {"seconds": seconds, "total_s": sum(seconds.values())}
+
+
+SFT_VARIANTS = {
+    "tiny recipe (fp32, no checkpointing, no packing)": ({}, 40),
+    "TRL CPU defaults (bf16, activation checkpointing)": ({"bf16": True, "gradient_checkpointing": True}, 4),
+    "packing: wrapped": ({"packing": True, "packing_strategy": "wrapped"}, 40),
+    "packing: bfd": ({"packing": True, "packing_strategy": "bfd"}, 20),
+    "assistant-only loss off": ({"assistant_only_loss": False}, 40),
+}
+
+
+def bench_sft(work: Path, gemm: float) -> dict:
+    """Tokens/s and model-FLOPs utilisation (6 x non-embedding params x tokens/s / gemm) per variant."""
+    from zephyr_utils.config import load_recipe
+    from zephyr_utils.sft import train_sft
+    from zephyr_utils.tiny import build_tiny_base
+
+    n = non_embedding_params(str(build_tiny_base(progress=False)))
+    rows = {}
+    for k, (name, (overrides, steps)) in enumerate(SFT_VARIANTS.items()):
+        recipe = load_recipe("sft", "tiny", output_dir=str(work / f"sft-{k}"), max_steps=steps, logging_steps=steps,
+                             save_steps=10**6, **overrides)
+        history = json.loads((train_sft(recipe) / "log_history.json").read_text())
+        tokens = max(h.get("num_tokens", 0) for h in history)
+        runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
+        rows[name] = {"steps": steps, "tokens_per_s": tokens / runtime, "step_s": runtime / steps,
+                      "mfu": 6 * n * tokens / runtime / (gemm * 1e9)}
+    recipe_row = rows["tiny recipe (fp32, no checkpointing, no packing)"]
+    default_row = rows["TRL CPU defaults (bf16, activation checkpointing)"]
+    return {"variants": rows, "non_embedding_params": n, "mfu": recipe_row["mfu"],
+            "defaults_slowdown": recipe_row["tokens_per_s"] / default_row["tokens_per_s"]}
+
+
+DPO_VARIANTS = {
+    "explicit reference copy": {},
+    "LoRA, adapter-disabled reference": {"use_lora": True, "lora_r": 16, "lora_alpha": 16},
+    "precomputed reference log-probs": {"precompute_ref_log_probs": True},
+}
+
+
+def dpo_variant(name: str, work: str) -> None:
+    """Run in a child process (so its peak RSS is its own) and print one JSON line."""
+    from zephyr_utils.config import load_recipe
+    from zephyr_utils.dpo import train_dpo
+
+    steps = 20
+    recipe = load_recipe("dpo", "tiny", output_dir=work, max_steps=steps, logging_steps=steps, save_steps=10**6,
+                         **DPO_VARIANTS[name])
+    history = json.loads((train_dpo(recipe) / "log_history.json").read_text())
+    runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
+    print(json.dumps({"step_s": runtime / steps, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def bench_dpo(work: Path) -> dict:
+    rows = {}
+    for k, name in enumerate(DPO_VARIANTS):
+        done = subprocess.run([sys.executable, __file__, "--dpo-variant", name, str(work / f"dpo-{k}")],
+                              capture_output=True, text=True, env=os.environ, check=True)
+        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"variants": rows}
+
+
+def bench_generation() -> dict:
+    """Completions/s for 128 prompts: one at a time, and batched with and without length sorting."""
+    from zephyr_utils.generation import generate, load_model
+    from zephyr_utils.models import resolve_model_path
+    from zephyr_utils.toyworld import ToyWorld
+
+    model, tokenizer = load_model(resolve_model_path("sft", "tiny"))
+    convs = [r["messages"] for r in ToyWorld().prompts("aif")[:128]]
+    rows = {}
+    for batch, sort in ((1, False), (8, False), (8, True), (32, False), (32, True), (64, False), (64, True)):
+        _, seconds = timed(generate, model, tokenizer, convs, max_new_tokens=48, batch_size=batch, sort_by_length=sort,
+                           progress=False)
+        rows[f"batch {batch}" + (", length-sorted" if sort else "")] = {"completions_per_s": len(convs) / seconds}
+    one = rows["batch 1"]["completions_per_s"]
+    best = max(r["completions_per_s"] for r in rows.values())
+    return {"variants": rows, "batched_speedup": best / one}
+
+
+def machine() -> dict:
+    from zephyr_utils.config import library_versions
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "versions": library_versions()}
+
+
+def write_report(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=1))
+    lines = [f"# Benchmarks ({results['date']})", "", f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+             f"torch {results['machine']['versions']['torch']}, {results['machine']['torch_threads']} threads.", "",
+             f"fp32 GEMM 2048x2048: **{results['gemm_gflops']:.0f} GFLOP/s**", "", "## dSFT", "",
+             "| variant | tokens/s | step (s) | MFU |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['tokens_per_s']:.0f} | {v['step_s']:.3f} | {v['mfu']:.0%} |" for k, v in results["sft"]["variants"].items()]
+    lines += ["", "## dDPO", "", "| variant | step (s) | peak RSS (MB) |", "|---|---|---|"]
+    lines += [f"| {k} | {v['step_s']:.3f} | {v['peak_rss_mb']:.0f} |" for k, v in results["dpo"]["variants"].items()]
+    lines += ["", "## Generation (128 prompts, 48 new tokens)", "", "| variant | completions/s |", "|---|---|"]
+    lines += [f"| {k} | {v['completions_per_s']:.1f} |" for k, v in results["generation"]["variants"].items()]
+    lines += [f"", f"Best batched / one at a time: **{results['generation']['batched_speedup']:.1f}x**", "",
+              "## The whole tiny recipe", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in results["pipeline"]["seconds"].items()]
+    lines += [f"| **total** | **{results['pipeline']['total_s']:.0f}** |", ""]
+    (RESULTS / "latest.md").write_text("\n".join(lines))
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    sft = results["sft"]["variants"]
+    axes[0].barh(list(sft), [v["tokens_per_s"] for v in sft.values()], color="#3b7dd8")
+    axes[0].set_xlabel("dSFT tokens/s")
+    gen = results["generation"]["variants"]
+    axes[1].barh(list(gen), [v["completions_per_s"] for v in gen.values()], color="#e07b39")
+    axes[1].set_xlabel("completions/s")
+    stages = results["pipeline"]["seconds"]
+    axes[2].bar(list(stages), list(stages.values()), color="#4caf50")
+    axes[2].set_ylabel("seconds")
+    axes[2].set_title(f"tiny recipe: {results['pipeline']['total_s']:.0f} s in all")
+    plt.tight_layout()
+    fig.savefig(RESULTS / "latest.png", dpi=110)
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--dpo-variant":
+        dpo_variant(sys.argv[2], sys.argv[3])
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["ZEPHYR_RUNS"] = str(work / "runs")  # a clean pipeline, not the book's runs
+        os.environ["ZEPHYR_CACHE"] = str(work / "cache")  # the base model is built from nothing
+        results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "gemm_gflops": gemm_gflops()}
+        print(f"gemm {results['gemm_gflops']:.0f} GFLOP/s", flush=True)
+        results["pipeline"] = bench_pipeline(work)
+        print("pipeline", results["pipeline"], flush=True)
+        results["sft"] = bench_sft(work, results["gemm_gflops"])
+        print("sft mfu", results["sft"]["mfu"], flush=True)
+        results["dpo"] = bench_dpo(work)
+        results["generation"] = bench_generation()
+        write_report(results)
+    print((RESULTS / "latest.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -21,9 +21,9 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def gemm_gflops(n: int = 2048, reps: int = 10) -> float:
-    """fp32 matmul throughput through torch with the thread count training uses."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_gflops(n: int = 2048, reps: int = 10, dtype=torch.float32) -> float:
+    """Matmul throughput through torch with the thread count training uses (fp32 unless told)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     start = time.perf_counter()
     for _ in range(reps):
@@ -159,7 +159,8 @@ def write_report(results: dict) -> None:
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1))
     lines = [f"# Benchmarks ({results['date']})", "", f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
              f"torch {results['machine']['versions']['torch']}, {results['machine']['torch_threads']} threads.", "",
-             f"fp32 GEMM 2048x2048: **{results['gemm_gflops']:.0f} GFLOP/s**", "", "## dSFT", "",
+             f"fp32 GEMM 2048x2048: **{results['gemm_gflops']:.0f} GFLOP/s**; 512x512: fp32 "
+             f"{results['gemm_fp32_gflops_512']:.0f}, bf16 {results['gemm_bf16_gflops_512']:.1f} GFLOP/s", "", "## dSFT", "",
              "| variant | tokens/s | step (s) | MFU |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['tokens_per_s']:.0f} | {v['step_s']:.3f} | {v['mfu']:.0%} |" for k, v in results["sft"]["variants"].items()]
     lines += ["", "## dDPO", "", "| variant | step (s) | peak RSS (MB) |", "|---|---|---|"]
@@ -195,7 +196,8 @@ def main() -> None:
         work = Path(tmp)
         os.environ["ZEPHYR_RUNS"] = str(work / "runs")  # a clean pipeline, not the book's runs
         os.environ["ZEPHYR_CACHE"] = str(work / "cache")  # the base model is built from nothing
-        results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "gemm_gflops": gemm_gflops()}
+        results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "gemm_gflops": gemm_gflops(),
+                   "gemm_bf16_gflops_512": gemm_gflops(512, 3, torch.bfloat16), "gemm_fp32_gflops_512": gemm_gflops(512, 3)}
         print(f"gemm {results['gemm_gflops']:.0f} GFLOP/s", flush=True)
         results["pipeline"] = bench_pipeline(work)
         print("pipeline", results["pipeline"], flush=True)

@@ -167,7 +167,7 @@ def write_report(results: dict) -> None:
     lines += [f"| {k} | {v['step_s']:.3f} | {v['peak_rss_mb']:.0f} |" for k, v in results["dpo"]["variants"].items()]
     lines += ["", "## Generation (128 prompts, 48 new tokens)", "", "| variant | completions/s |", "|---|---|"]
     lines += [f"| {k} | {v['completions_per_s']:.1f} |" for k, v in results["generation"]["variants"].items()]
-    lines += [f"", f"Best batched / one at a time: **{results['generation']['batched_speedup']:.1f}x**", "",
+    lines += ["", f"Best batched / one at a time: **{results['generation']['batched_speedup']:.1f}x**", "",
               "## The whole tiny recipe", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in results["pipeline"]["seconds"].items()]
     lines += [f"| **total** | **{results['pipeline']['total_s']:.0f}** |", ""]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zephyr_utils.config import SCALES, load_recipe
-from zephyr_utils.dpo import completion_logps, dpo_config, dpo_loss, to_trl_format
+from zephyr_utils.dpo import dpo_config, dpo_loss
 
 
 def test_dpo_loss_by_hand():

@@ -77,15 +77,20 @@ SFT_BAD = [
 ]
 
 
+def expect_named_error(tmp_path, rows, load, match):
+    """Write rows as JSONL and check loading them fails with `match` and the file's name."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=match) as err:
+        load(str(path), "train")
+    assert "bad.jsonl" in str(err.value)
+
+
 @pytest.mark.parametrize("corrupt, match", SFT_BAD)
 def test_bad_sft_rows_name_file_row_and_field(tmp_path, corrupt, match):
     rows = [sft_row(i) for i in range(4)]
     corrupt(rows[2])
-    path = tmp_path / "bad.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=match) as err:
-        load_sft_data(str(path), "train")
-    assert "bad.jsonl" in str(err.value)
+    expect_named_error(tmp_path, rows, load_sft_data, match)
 
 
 PREF_BAD = [
@@ -106,11 +111,7 @@ PREF_BAD = [
 def test_bad_preference_rows_name_file_row_and_field(tmp_path, corrupt, match):
     rows = [pref_row(i) for i in range(3)]
     corrupt(rows[1])
-    path = tmp_path / "prefs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=match) as err:
-        load_preference_data(str(path), "train")
-    assert "prefs.jsonl" in str(err.value)
+    expect_named_error(tmp_path, rows, load_preference_data, match)
 
 
 def test_bad_sources(tmp_path):

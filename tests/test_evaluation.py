@@ -130,3 +130,14 @@ def test_mt_bench_prompts_are_loaded_at_run_time(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list([{"prompt": [""]}]))
     with pytest.raises(ValueError, match="row 0 has no usable"):
         load_eval_prompts("x/y")
+
+
+def test_alpaca_eval_summary_with_equal_lengths():
+    from zephyr_utils.evaluation import alpaca_eval
+
+    judge = ScriptedJudge(lambda a, b: "A" if a.startswith("good") else "B" if b.startswith("good") else "tie")
+    model = answers(["good 1", "good 2", "bad 3", "tie 4"])
+    reference = answers(["ref 1", "ref 2", "good 3", "tie 4"])
+    r = alpaca_eval(judge, PROMPTS, model, reference, count_tokens=lambda text: 2, progress=False)
+    assert r["win_rate"] == (2 + 0.5) / 4 and r["length_controlled"] == pytest.approx(r["win_rate"], abs=1e-6)
+    assert r["standard_error"] == pytest.approx(mean_and_standard_error([1, 1, 0, 0.5])[1])

@@ -3,7 +3,8 @@ import re
 import pytest
 
 from zephyr_utils.chat import validate_messages
-from zephyr_utils.toyworld import ASPECTS, ATTRIBUTES, ToyWorld
+from zephyr_utils.judges import ASPECTS
+from zephyr_utils.toyworld import ATTRIBUTES, ToyWorld
 
 
 def test_world_is_deterministic_for_a_seed(world):

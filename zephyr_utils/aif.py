@@ -191,9 +191,8 @@ def binarize(prompts: list[dict], completions: dict[tuple[str, str], dict], scor
     for (pid, model), c in completions.items():
         by_prompt.setdefault(pid, []).append((model, c))
     for p in prompts:
-        rated = []
-        for model, c in by_prompt.get(p["prompt_id"], []):
-            pid = p["prompt_id"]
+        pid, rated = p["prompt_id"], []
+        for model, c in by_prompt.get(pid, []):
             if scores.get((pid, model)) is None:
                 counts["unrated_completions"] += 1
             else:

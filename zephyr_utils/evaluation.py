@@ -211,6 +211,16 @@ def length_controlled_win_rate(preferences: list[float], model_lengths: list[flo
     return float(1 / (1 + np.exp(-w[0])))
 
 
+def alpaca_eval(judge, prompts, answers, reference_answers, count_tokens, progress: bool = True) -> dict:
+    """AlpacaEval-style summary of first answers against a reference: win rate with its standard error,
+    and the length-controlled win rate, lengths measured by `count_tokens(text)`."""
+    prefs = preferences_against_reference(judge, prompts, answers, reference_answers, progress=progress)
+    win, se = mean_and_standard_error(prefs)
+    lc = length_controlled_win_rate(prefs, [count_tokens(a[0].text) for a in answers],
+                                    [count_tokens(r[0].text) for r in reference_answers])
+    return {"win_rate": win, "standard_error": se, "length_controlled": lc}
+
+
 def paired_bootstrap(scores_a: list[list[float | None]], scores_b: list[list[float | None]], samples: int = 2000,
                      seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of (A - B) over rated turns, with a percentile confidence interval from resampling *prompts*

@@ -90,7 +90,7 @@ def vllm_available() -> bool:
 
 
 def generate_vllm(model_path: str, conversations: list[list[dict]], max_new_tokens: int = 64,
-                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, llm=None) -> list[Completion]:
+                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, llm=None, tokenizer=None) -> list[Completion]:
     """The same as `generate`, with vLLM (demo/full scale, GPU; `pip install 'zephyr-utils[gpu]'`)."""
     if not vllm_available():
         raise ValueError("the vLLM backend needs vllm and a GPU: pip install 'zephyr-utils[gpu]', or use backend='transformers'")
@@ -99,7 +99,7 @@ def generate_vllm(model_path: str, conversations: list[list[dict]], max_new_toke
     from .models import load_tokenizer
 
     llm = llm or LLM(model=model_path, seed=seed)
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = tokenizer or load_tokenizer(model_path)
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     outs = llm.generate(prompts, params)
@@ -118,12 +118,15 @@ class Sampler:
         if self.backend == "vllm":
             from vllm import LLM
 
-            self.llm = LLM(model=model_path)
+            from .models import load_tokenizer
+
+            self.llm, self.tokenizer = LLM(model=model_path), load_tokenizer(model_path)
         else:
             self.model, self.tokenizer = load_model(model_path)
 
     def __call__(self, conversations, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, progress=False):
         if self.backend == "vllm":
-            return generate_vllm(self.model_path, conversations, max_new_tokens, temperature, top_p, seed, llm=self.llm)
+            return generate_vllm(self.model_path, conversations, max_new_tokens, temperature, top_p, seed,
+                                 llm=self.llm, tokenizer=self.tokenizer)
         return generate(self.model, self.tokenizer, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, batch_size=self.batch_size, seed=seed, progress=progress)

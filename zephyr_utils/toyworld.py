@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chat import ROLE_MARKERS
+from .judges import ASPECTS
 
 ATTRIBUTES: dict[str, list[str]] = {
     "color": ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"],
@@ -70,7 +71,6 @@ UNKNOWN_ANSWER = "I don't know of any creature called the {e}."
 # preference is what AIF + dDPO can teach beyond dSFT.
 FILLERS = ["I hope this helps!", "Let me know if you want to hear more.", "It is a fascinating creature.",
            "Nature is full of surprises."]
-ASPECTS = ("instruction_following", "truthfulness", "honesty", "helpfulness")
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "sn", "tr", "fl", "qu"]
 _VOWELS = ["a", "e", "i", "o", "u", "oo", "ai"]

@@ -1,7 +1,7 @@
 """`make bench`: how fast each stage runs at tiny scale on this machine, and why.
 
 Writes bench/results/latest.json, latest.md and latest.png. Every ratio is computed from numbers
-measured in this one run. Usage: python bench/run.py [--quick]
+measured in this one run. Usage: python bench/run.py (or `make bench`)
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,14 +22,19 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def gemm_gflops(n: int = 2048, reps: int = 10, dtype=torch.float32) -> float:
-    """Matmul throughput through torch with the thread count training uses (fp32 unless told)."""
+def gemm_gflops(n: int = 2048, reps: int = 5, dtype=torch.float32, trials: int = 5) -> float:
+    """Matmul throughput through torch with the thread count training uses (fp32 unless told): the
+    median of `trials` timings, so that one burst of another tenant's load on a shared machine does
+    not decide it."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+    rates = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        rates.append(2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
 
 
 def non_embedding_params(path: str) -> int:
@@ -62,35 +68,82 @@ def bench_pipeline(work: Path) -> dict:
     return {"seconds": seconds, "total_s": sum(seconds.values())}
 
 
-SFT_VARIANTS = {
-    "tiny recipe (fp32, no checkpointing, no packing)": ({}, 40),
+RECIPE = "tiny recipe"
+SFT_VARIANTS = {  # name: (recipe overrides, steps)
+    RECIPE: ({}, 60),
+    "random batches (no length grouping)": ({"train_sampling_strategy": "random"}, 60),
+    "glibc malloc defaults": ({}, 60),
+    "AdamW not fused": ({"optim": "adamw_torch"}, 60),
     "TRL CPU defaults (bf16, activation checkpointing)": ({"bf16": True, "gradient_checkpointing": True}, 4),
     "packing: wrapped": ({"packing": True, "packing_strategy": "wrapped"}, 40),
     "packing: bfd": ({"packing": True, "packing_strategy": "bfd"}, 20),
-    "assistant-only loss off": ({"assistant_only_loss": False}, 40),
+    "assistant-only loss off": ({"assistant_only_loss": False}, 60),
+    "narrow base: hidden 128 x 4 layers": ({}, 60),
 }
+RECIPE_REPEATS = 3  # the tiny recipe is timed this many times, to show the spread on a shared machine
 
 
-def bench_sft(work: Path, gemm: float) -> dict:
-    """Tokens/s and model-FLOPs utilisation (6 x non-embedding params x tokens/s / gemm) per variant."""
+def narrow_base(work: Path) -> str:
+    """A randomly initialised model of the previous tiny base's shape (speed does not depend on weights)."""
+    from transformers import AutoTokenizer
+
+    from zephyr_utils.config import load_recipe
+    from zephyr_utils.tiny import build_tiny_base, make_model
+
+    path = work / "narrow-base"
+    if not path.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(build_tiny_base(progress=False))
+        recipe = load_recipe("base", "tiny", hidden_size=128, intermediate_size=384, num_hidden_layers=4)
+        make_model(recipe, tokenizer).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def sft_variant(name: str, work: str) -> None:
+    """Run in a child process (a fresh allocator per variant) and print one JSON line."""
+    from zephyr_utils import models
     from zephyr_utils.config import load_recipe
     from zephyr_utils.sft import train_sft
     from zephyr_utils.tiny import build_tiny_base
 
-    n = non_embedding_params(str(build_tiny_base(progress=False)))
+    overrides, steps = SFT_VARIANTS[name]
+    if name == "glibc malloc defaults":
+        models.keep_freed_memory = lambda: False
+    base = narrow_base(Path(work).parent) if name.startswith("narrow base") else str(build_tiny_base(progress=False))
+    recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps, logging_steps=steps,
+                         save_steps=10**6, eval_steps=10**6, **overrides)
+    gemm_before = gemm_gflops()
+    history = json.loads((train_sft(recipe) / "log_history.json").read_text())
+    gemm = max(gemm_before, gemm_gflops())  # the machine's limit around the run, the higher of the two
+    tokens = max(h.get("num_tokens", 0) for h in history)
+    runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
+    n = non_embedding_params(base)
+    print(json.dumps({"steps": steps, "tokens_per_s": tokens / runtime, "step_s": runtime / steps, "gemm_gflops": gemm,
+                      "non_embedding_params": n, "mfu": 6 * n * tokens / runtime / (gemm * 1e9)}))
+
+
+def child(kind: str, name: str, work: Path) -> dict:
+    """A variant run in its own process (its peak RSS and allocator state are its own); its JSON line."""
+    done = subprocess.run([sys.executable, __file__, f"--{kind}-variant", name, str(work)],
+                          capture_output=True, text=True, env=os.environ)
+    if done.returncode:
+        raise RuntimeError(f"{kind} variant {name!r} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_sft(work: Path) -> dict:
+    """Tokens/s and model-FLOPs utilisation (6 x non-embedding params x tokens/s / gemm) per variant;
+    the tiny recipe is run RECIPE_REPEATS times and its median run is the one reported."""
     rows = {}
-    for k, (name, (overrides, steps)) in enumerate(SFT_VARIANTS.items()):
-        recipe = load_recipe("sft", "tiny", output_dir=str(work / f"sft-{k}"), max_steps=steps, logging_steps=steps,
-                             save_steps=10**6, **overrides)
-        history = json.loads((train_sft(recipe) / "log_history.json").read_text())
-        tokens = max(h.get("num_tokens", 0) for h in history)
-        runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
-        rows[name] = {"steps": steps, "tokens_per_s": tokens / runtime, "step_s": runtime / steps,
-                      "mfu": 6 * n * tokens / runtime / (gemm * 1e9)}
-    recipe_row = rows["tiny recipe (fp32, no checkpointing, no packing)"]
+    for k, name in enumerate(SFT_VARIANTS):
+        runs = [child("sft", name, work / f"sft-{k}-{r}") for r in range(RECIPE_REPEATS if name == RECIPE else 1)]
+        rows[name] = sorted(runs, key=lambda row: row["mfu"])[len(runs) // 2]
+        print(f"sft {name}: {rows[name]['tokens_per_s']:.0f} tokens/s, MFU {rows[name]['mfu']:.0%}", flush=True)
+        if name == RECIPE:
+            repeats = [row["mfu"] for row in runs]
     default_row = rows["TRL CPU defaults (bf16, activation checkpointing)"]
-    return {"variants": rows, "non_embedding_params": n, "mfu": recipe_row["mfu"],
-            "defaults_slowdown": recipe_row["tokens_per_s"] / default_row["tokens_per_s"]}
+    return {"variants": rows, "mfu": rows[RECIPE]["mfu"], "mfu_repeats": repeats,
+            "defaults_slowdown": rows[RECIPE]["tokens_per_s"] / default_row["tokens_per_s"]}
 
 
 DPO_VARIANTS = {
@@ -114,12 +167,7 @@ def dpo_variant(name: str, work: str) -> None:
 
 
 def bench_dpo(work: Path) -> dict:
-    rows = {}
-    for k, name in enumerate(DPO_VARIANTS):
-        done = subprocess.run([sys.executable, __file__, "--dpo-variant", name, str(work / f"dpo-{k}")],
-                              capture_output=True, text=True, env=os.environ, check=True)
-        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"variants": rows}
+    return {"variants": {name: child("dpo", name, work / f"dpo-{k}") for k, name in enumerate(DPO_VARIANTS)}}
 
 
 def bench_generation() -> dict:
@@ -161,8 +209,12 @@ def write_report(results: dict) -> None:
              f"torch {results['machine']['versions']['torch']}, {results['machine']['torch_threads']} threads.", "",
              f"fp32 GEMM 2048x2048: **{results['gemm_gflops']:.0f} GFLOP/s**; 512x512: fp32 "
              f"{results['gemm_fp32_gflops_512']:.0f}, bf16 {results['gemm_bf16_gflops_512']:.1f} GFLOP/s", "", "## dSFT", "",
-             "| variant | tokens/s | step (s) | MFU |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['tokens_per_s']:.0f} | {v['step_s']:.3f} | {v['mfu']:.0%} |" for k, v in results["sft"]["variants"].items()]
+             "MFU = 6 x non-embedding params x tokens/s / the fp32 GEMM rate measured around the same run.", "",
+             "| variant | tokens/s | step (s) | GEMM (GFLOP/s) | MFU |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {v['tokens_per_s']:.0f} | {v['step_s']:.3f} | {v['gemm_gflops']:.0f} | {v['mfu']:.0%} |"
+              for k, v in results["sft"]["variants"].items()]
+    lines += ["", f"Tiny recipe MFU over {len(results['sft']['mfu_repeats'])} runs: "
+              + ", ".join(f"{m:.0%}" for m in results["sft"]["mfu_repeats"]) + f" (median **{results['sft']['mfu']:.0%}**)"]
     lines += ["", "## dDPO", "", "| variant | step (s) | peak RSS (MB) |", "|---|---|---|"]
     lines += [f"| {k} | {v['step_s']:.3f} | {v['peak_rss_mb']:.0f} |" for k, v in results["dpo"]["variants"].items()]
     lines += ["", "## Generation (128 prompts, 48 new tokens)", "", "| variant | completions/s |", "|---|---|"]
@@ -175,8 +227,9 @@ def write_report(results: dict) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     sft = results["sft"]["variants"]
-    axes[0].barh(list(sft), [v["tokens_per_s"] for v in sft.values()], color="#3b7dd8")
-    axes[0].set_xlabel("dSFT tokens/s")
+    axes[0].barh(list(sft), [100 * v["mfu"] for v in sft.values()], color="#3b7dd8")
+    axes[0].axvline(50, color="grey", linestyle="--", linewidth=1)
+    axes[0].set_xlabel("dSFT model-FLOPs utilisation (%)")
     gen = results["generation"]["variants"]
     axes[1].barh(list(gen), [v["completions_per_s"] for v in gen.values()], color="#e07b39")
     axes[1].set_xlabel("completions/s")
@@ -189,19 +242,19 @@ def write_report(results: dict) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--dpo-variant":
-        dpo_variant(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 4 and sys.argv[1] in ("--sft-variant", "--dpo-variant"):
+        (sft_variant if sys.argv[1] == "--sft-variant" else dpo_variant)(sys.argv[2], sys.argv[3])
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ["ZEPHYR_RUNS"] = str(work / "runs")  # a clean pipeline, not the book's runs
         os.environ["ZEPHYR_CACHE"] = str(work / "cache")  # the base model is built from nothing
         results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "gemm_gflops": gemm_gflops(),
-                   "gemm_bf16_gflops_512": gemm_gflops(512, 3, torch.bfloat16), "gemm_fp32_gflops_512": gemm_gflops(512, 3)}
+                   "gemm_bf16_gflops_512": gemm_gflops(512, 3, torch.bfloat16, 3), "gemm_fp32_gflops_512": gemm_gflops(512, 3)}
         print(f"gemm {results['gemm_gflops']:.0f} GFLOP/s", flush=True)
         results["pipeline"] = bench_pipeline(work)
         print("pipeline", results["pipeline"], flush=True)
-        results["sft"] = bench_sft(work, results["gemm_gflops"])
+        results["sft"] = bench_sft(work)
         print("sft mfu", results["sft"]["mfu"], flush=True)
         results["dpo"] = bench_dpo(work)
         results["generation"] = bench_generation()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from zephyr_utils.config import SCALES, load_recipe
-from zephyr_utils.models import lora_config, quantization_config
+from zephyr_utils.models import keep_freed_memory, lora_config, quantization_config
 from zephyr_utils.sft import last_checkpoint, sft_config, training_args
 
 
@@ -22,6 +22,7 @@ def test_recipe_to_sft_config_at_every_scale(scale, tmp_path):
     assert config.gradient_accumulation_steps == recipe.gradient_accumulation_steps
     assert config.lr_scheduler_type.value == recipe.lr_scheduler_type
     assert config.bf16 == recipe.bf16 and config.seed == recipe.seed
+    assert config.train_sampling_strategy == recipe.train_sampling_strategy and config.optim.value == recipe.optim
     lora = lora_config(recipe)
     if scale == "demo":
         assert lora.r == 16 and lora.lora_alpha == 16 and set(lora.target_modules) >= {"q_proj", "down_proj"}
@@ -32,6 +33,12 @@ def test_recipe_to_sft_config_at_every_scale(scale, tmp_path):
 def test_tiny_training_args_avoid_the_cpu_traps(tmp_path):
     args = training_args(load_recipe("sft", "tiny"), tmp_path)
     assert args["bf16"] is False and args["activation_checkpointing"] is False and args["use_cpu"] is True
+    assert args["train_sampling_strategy"] == "group_by_length"  # the padding a random batch wastes (bench/)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_applies_on_linux():
+    assert keep_freed_memory() is True
 
 
 def test_qlora_without_bitsandbytes_is_a_clear_error():

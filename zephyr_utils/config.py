@@ -48,15 +48,15 @@ class BaseRecipe(Recipe):
 
     world_seed: int = 0
     vocab_size: int = 1024
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_hidden_layers: int = 4
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     block_size: int = 128
     batch_size: int = 16
     max_steps: int = 600
-    learning_rate: float = 4e-3
+    learning_rate: float = 2e-3
     warmup_steps: int = 40
     docs_per_creature: int = 24
 
@@ -79,6 +79,7 @@ class TrainRecipe(Recipe):
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    train_sampling_strategy: str = "random"  # "group_by_length": batches of similar length, less padding
     max_length: int = 1024
     bf16: bool = False
     gradient_checkpointing: bool = False

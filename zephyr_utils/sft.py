@@ -31,6 +31,7 @@ def training_args(recipe, output_dir: str | Path) -> dict:
         per_device_train_batch_size=recipe.per_device_train_batch_size,
         per_device_eval_batch_size=recipe.per_device_eval_batch_size,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        train_sampling_strategy=recipe.train_sampling_strategy,
         max_length=recipe.max_length,
         bf16=recipe.bf16,
         fp16=recipe.dtype == "float16" and not on_cpu,

@@ -90,6 +90,9 @@ def pretrain(model, blocks: torch.Tensor, recipe: BaseRecipe, progress: bool = T
     """Causal-LM pretraining on packed blocks with AdamW and a warmup-cosine schedule; fp32, CPU."""
     from tqdm.auto import tqdm
 
+    from .models import keep_freed_memory
+
+    keep_freed_memory()
     gen = torch.Generator().manual_seed(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
 

@@ -74,10 +74,11 @@ SFT_VARIANTS = {  # name: (recipe overrides, steps)
     "random batches (no length grouping)": ({"train_sampling_strategy": "random"}, 60),
     "glibc malloc defaults": ({}, 60),
     "AdamW not fused": ({"optim": "adamw_torch"}, 60),
-    "TRL CPU defaults (bf16, activation checkpointing)": ({"bf16": True, "gradient_checkpointing": True}, 4),
+    "TRL CPU defaults (bf16, activation checkpointing)": ({"bf16": True, "gradient_checkpointing": True}, 9),
     "packing: wrapped": ({"packing": True, "packing_strategy": "wrapped"}, 40),
     "packing: bfd": ({"packing": True, "packing_strategy": "bfd"}, 20),
     "assistant-only loss off": ({"assistant_only_loss": False}, 60),
+    "batch 32": ({"per_device_train_batch_size": 32}, 30),
     "narrow base: hidden 128 x 4 layers": ({}, 60),
 }
 RECIPE_REPEATS = 3  # the tiny recipe is timed this many times, to show the spread on a shared machine
@@ -99,27 +100,46 @@ def narrow_base(work: Path) -> str:
     return str(path)
 
 
+WARMUP_STEPS = 5  # left out of tokens/s: the first steps allocate and warm caches
+
+
 def sft_variant(name: str, work: str) -> None:
-    """Run in a child process (a fresh allocator per variant) and print one JSON line."""
+    """Run in a child process (a fresh allocator per variant) and print one JSON line.
+
+    Every step is timed (end to end: data, forward, backward, optimizer) and its tokens read from TRL's
+    per-step `num_tokens`. Tokens/s is over the steps after the first few (which allocate and warm
+    caches); MFU divides its model FLOPs by the GEMM rate measured just before and after."""
+    from transformers import TrainerCallback
+
     from zephyr_utils import models
     from zephyr_utils.config import load_recipe
     from zephyr_utils.sft import train_sft
     from zephyr_utils.tiny import build_tiny_base
 
+    class StepClock(TrainerCallback):
+        ends: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
     overrides, steps = SFT_VARIANTS[name]
     if name == "glibc malloc defaults":
         models.keep_freed_memory = lambda: False
     base = narrow_base(Path(work).parent) if name.startswith("narrow base") else str(build_tiny_base(progress=False))
-    recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps, logging_steps=steps,
+    n = non_embedding_params(base)
+    recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps, logging_steps=1,
                          save_steps=10**6, eval_steps=10**6, **overrides)
     gemm_before = gemm_gflops()
-    history = json.loads((train_sft(recipe) / "log_history.json").read_text())
-    gemm = max(gemm_before, gemm_gflops())  # the machine's limit around the run, the higher of the two
-    tokens = max(h.get("num_tokens", 0) for h in history)
+    history = json.loads((train_sft(recipe, callbacks=[StepClock()]) / "log_history.json").read_text())
+    gemm = statistics.median([gemm_before, gemm_gflops()])
+    cumulative = [h["num_tokens"] for h in sorted(history, key=lambda h: h["step"]) if "num_tokens" in h]
+    warmup = min(WARMUP_STEPS, steps // 3)
+    tokens = (cumulative[-1] - cumulative[warmup - 1])
+    seconds = StepClock.ends[-1] - StepClock.ends[warmup - 1]
     runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
-    n = non_embedding_params(base)
-    print(json.dumps({"steps": steps, "tokens_per_s": tokens / runtime, "step_s": runtime / steps, "gemm_gflops": gemm,
-                      "non_embedding_params": n, "mfu": 6 * n * tokens / runtime / (gemm * 1e9)}))
+    print(json.dumps({"steps": steps, "tokens_per_s": tokens / seconds, "step_s": seconds / (steps - warmup),
+                      "whole_run_tokens_per_s": cumulative[-1] / runtime, "gemm_gflops": gemm, "non_embedding_params": n,
+                      "mfu": 6 * n * tokens / seconds / (gemm * 1e9)}))
 
 
 def child(kind: str, name: str, work: Path) -> dict:

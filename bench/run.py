@@ -117,7 +117,8 @@ def sft_variant(name: str, work: str) -> None:
     from zephyr_utils.tiny import build_tiny_base
 
     class StepClock(TrainerCallback):
-        ends: list[float] = []
+        def __init__(self):
+            self.ends: list[float] = []
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(time.perf_counter())
@@ -130,12 +131,13 @@ def sft_variant(name: str, work: str) -> None:
     recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps, logging_steps=1,
                          save_steps=10**6, eval_steps=10**6, **overrides)
     gemm_before = gemm_gflops()
-    history = json.loads((train_sft(recipe, callbacks=[StepClock()]) / "log_history.json").read_text())
+    clock = StepClock()
+    history = json.loads((train_sft(recipe, callbacks=[clock]) / "log_history.json").read_text())
     gemm = statistics.median([gemm_before, gemm_gflops()])
     cumulative = [h["num_tokens"] for h in sorted(history, key=lambda h: h["step"]) if "num_tokens" in h]
     warmup = min(WARMUP_STEPS, steps // 3)
-    tokens = (cumulative[-1] - cumulative[warmup - 1])
-    seconds = StepClock.ends[-1] - StepClock.ends[warmup - 1]
+    tokens = cumulative[-1] - cumulative[warmup - 1]
+    seconds = clock.ends[-1] - clock.ends[warmup - 1]
     runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
     print(json.dumps({"steps": steps, "tokens_per_s": tokens / seconds, "step_s": seconds / (steps - warmup),
                       "whole_run_tokens_per_s": cumulative[-1] / runtime, "gemm_gflops": gemm, "non_embedding_params": n,

@@ -72,8 +72,8 @@ def keep_freed_memory() -> bool:
 
     A training step frees and re-allocates the same large buffers every step. By default glibc serves
     each one with fresh mmap pages and trims the heap after frees, so every step pays the page faults
-    (and the kernel's zeroing of the pages) again; on the tiny model that was ~15% of a dSFT step
-    (bench/). Raising the mmap and trim thresholds keeps the memory in the process instead. Returns
+    (and the kernel's zeroing of the pages) again. Raising the mmap and trim thresholds keeps the memory
+    in the process instead (bench/ compares it with glibc's defaults: a few percent at most). Returns
     whether the setting was applied (not on macOS/Windows/musl, where this does nothing)."""
     if not sys.platform.startswith("linux"):
         return False

@@ -69,17 +69,19 @@ def bench_pipeline(work: Path) -> dict:
 
 
 RECIPE = "tiny recipe"
+MALLOC_DEFAULTS = "glibc malloc defaults"  # the recipe with zephyr_utils.models.keep_freed_memory switched off
+NARROW_BASE = "narrow base: hidden 128 x 4 layers"  # the recipe on a random model of the first base's shape
 SFT_VARIANTS = {  # name: (recipe overrides, steps)
     RECIPE: ({}, 60),
     "random batches (no length grouping)": ({"train_sampling_strategy": "random"}, 60),
-    "glibc malloc defaults": ({}, 60),
+    MALLOC_DEFAULTS: ({}, 60),
     "AdamW not fused": ({"optim": "adamw_torch"}, 60),
     "TRL CPU defaults (bf16, activation checkpointing)": ({"bf16": True, "gradient_checkpointing": True}, 9),
     "packing: wrapped": ({"packing": True, "packing_strategy": "wrapped"}, 40),
     "packing: bfd": ({"packing": True, "packing_strategy": "bfd"}, 20),
     "assistant-only loss off": ({"assistant_only_loss": False}, 60),
     "batch 32": ({"per_device_train_batch_size": 32}, 30),
-    "narrow base: hidden 128 x 4 layers": ({}, 60),
+    NARROW_BASE: ({}, 60),
 }
 RECIPE_REPEATS = 3  # the tiny recipe is timed this many times, to show the spread on a shared machine
 
@@ -124,9 +126,9 @@ def sft_variant(name: str, work: str) -> None:
             self.ends.append(time.perf_counter())
 
     overrides, steps = SFT_VARIANTS[name]
-    if name == "glibc malloc defaults":
+    if name == MALLOC_DEFAULTS:
         models.keep_freed_memory = lambda: False
-    base = narrow_base(Path(work).parent) if name.startswith("narrow base") else str(build_tiny_base(progress=False))
+    base = narrow_base(Path(work).parent) if name == NARROW_BASE else str(build_tiny_base(progress=False))
     n = non_embedding_params(base)
     recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps, logging_steps=1,
                          save_steps=10**6, eval_steps=10**6, **overrides)
@@ -146,25 +148,22 @@ def sft_variant(name: str, work: str) -> None:
 
 def child(kind: str, name: str, work: Path) -> dict:
     """A variant run in its own process (its peak RSS and allocator state are its own); its JSON line."""
-    done = subprocess.run([sys.executable, __file__, f"--{kind}-variant", name, str(work)],
+    done, seconds = timed(subprocess.run, [sys.executable, __file__, f"--{kind}-variant", name, str(work)],
                           capture_output=True, text=True, env=os.environ)
     if done.returncode:
         raise RuntimeError(f"{kind} variant {name!r} failed:\n{done.stderr[-3000:]}")
+    print(f"{kind} variant {name!r}: {seconds:.0f} s", flush=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def bench_sft(work: Path) -> dict:
     """Tokens/s and model-FLOPs utilisation (6 x non-embedding params x tokens/s / gemm) per variant;
     the tiny recipe is run RECIPE_REPEATS times and its median run is the one reported."""
-    rows = {}
-    for k, name in enumerate(SFT_VARIANTS):
-        runs = [child("sft", name, work / f"sft-{k}-{r}") for r in range(RECIPE_REPEATS if name == RECIPE else 1)]
-        rows[name] = sorted(runs, key=lambda row: row["mfu"])[len(runs) // 2]
-        print(f"sft {name}: {rows[name]['tokens_per_s']:.0f} tokens/s, MFU {rows[name]['mfu']:.0%}", flush=True)
-        if name == RECIPE:
-            repeats = [row["mfu"] for row in runs]
+    runs = {name: [child("sft", name, work / f"sft-{k}-{r}") for r in range(RECIPE_REPEATS if name == RECIPE else 1)]
+            for k, name in enumerate(SFT_VARIANTS)}
+    rows = {name: sorted(rs, key=lambda row: row["mfu"])[len(rs) // 2] for name, rs in runs.items()}
     default_row = rows["TRL CPU defaults (bf16, activation checkpointing)"]
-    return {"variants": rows, "mfu": rows[RECIPE]["mfu"], "mfu_repeats": repeats,
+    return {"variants": rows, "mfu": rows[RECIPE]["mfu"], "mfu_repeats": [row["mfu"] for row in runs[RECIPE]],
             "defaults_slowdown": rows[RECIPE]["tokens_per_s"] / default_row["tokens_per_s"]}
 
 

@@ -70,47 +70,52 @@ def bench_pipeline(work: Path) -> dict:
 
 RECIPE = "tiny recipe"
 MALLOC_DEFAULTS = "glibc malloc defaults"  # the recipe with zephyr_utils.models.keep_freed_memory switched off
-NARROW_BASE = "narrow base: hidden 128 x 4 layers"  # the recipe on a random model of the first base's shape
+OTHER_BASES = {  # the recipe on randomly initialised models of other shapes than the tiny base (256 x 2 layers)
+    "first base: hidden 128 x 4 layers": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                                              num_attention_heads=4, num_key_value_heads=2),
+    "wider base: hidden 320 x 2 layers": dict(hidden_size=320, intermediate_size=960, num_hidden_layers=2,
+                                              num_attention_heads=5, num_key_value_heads=5),
+}
 SFT_VARIANTS = {  # name: (recipe overrides, steps)
     RECIPE: ({}, 60),
     "random batches (no length grouping)": ({"train_sampling_strategy": "random"}, 60),
     MALLOC_DEFAULTS: ({}, 60),
     "AdamW not fused": ({"optim": "adamw_torch"}, 60),
-    "TRL CPU defaults (bf16, activation checkpointing)": ({"bf16": True, "gradient_checkpointing": True}, 9),
+    "TRL CPU defaults (bf16, activation checkpointing)": ({"bf16": True, "gradient_checkpointing": True}, 10),
     "packing: wrapped": ({"packing": True, "packing_strategy": "wrapped"}, 40),
     "packing: bfd": ({"packing": True, "packing_strategy": "bfd"}, 20),
     "assistant-only loss off": ({"assistant_only_loss": False}, 60),
     "batch 32": ({"per_device_train_batch_size": 32}, 30),
-    NARROW_BASE: ({}, 60),
+    **{name: ({}, 60) for name in OTHER_BASES},
 }
 RECIPE_REPEATS = 3  # the tiny recipe is timed this many times, to show the spread on a shared machine
+PROBE_EVERY = 5  # dSFT steps between two GEMM probes
 
 
-def narrow_base(work: Path) -> str:
-    """A randomly initialised model of the previous tiny base's shape (speed does not depend on weights)."""
+def random_base(work: Path, name: str) -> str:
+    """A randomly initialised model of a shape in OTHER_BASES (speed does not depend on weights)."""
     from transformers import AutoTokenizer
 
     from zephyr_utils.config import load_recipe
     from zephyr_utils.tiny import build_tiny_base, make_model
 
-    path = work / "narrow-base"
+    path = work / ("random-base-" + "-".join(map(str, OTHER_BASES[name].values())))
     if not path.is_dir():
         tokenizer = AutoTokenizer.from_pretrained(build_tiny_base(progress=False))
-        recipe = load_recipe("base", "tiny", hidden_size=128, intermediate_size=384, num_hidden_layers=4)
-        make_model(recipe, tokenizer).save_pretrained(path)
+        make_model(load_recipe("base", "tiny", **OTHER_BASES[name]), tokenizer).save_pretrained(path)
         tokenizer.save_pretrained(path)
     return str(path)
-
-
-WARMUP_STEPS = 5  # left out of tokens/s: the first steps allocate and warm caches
 
 
 def sft_variant(name: str, work: str) -> None:
     """Run in a child process (a fresh allocator per variant) and print one JSON line.
 
-    Every step is timed (end to end: data, forward, backward, optimizer) and its tokens read from TRL's
-    per-step `num_tokens`. Tokens/s is over the steps after the first few (which allocate and warm
-    caches); MFU divides its model FLOPs by the GEMM rate measured just before and after."""
+    Every PROBE_EVERY steps the run pauses for one 2048 x 2048 product: the machine's GEMM rate measured
+    while it trains (another tenant's load changes it within seconds). Between two probes is a window of
+    steps, timed end to end (data, forward, backward, optimizer, logging), its real tokens read from TRL's
+    `num_tokens`. MFU = the model FLOPs of all windows / what GEMM could have done in them (each window's
+    seconds x the mean of its two probes). The first steps, which allocate and warm caches, come before the
+    first probe and are left out."""
     from transformers import TrainerCallback
 
     from zephyr_utils import models
@@ -118,32 +123,36 @@ def sft_variant(name: str, work: str) -> None:
     from zephyr_utils.sft import train_sft
     from zephyr_utils.tiny import build_tiny_base
 
-    class StepClock(TrainerCallback):
+    class GemmProbe(TrainerCallback):
         def __init__(self):
-            self.ends: list[float] = []
+            self.a, self.b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+            self.window_ends, self.window_starts, self.gemm = [], [], []  # one of each per probe
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append(time.perf_counter())
+            if state.global_step % PROBE_EVERY == 0:
+                self.window_ends.append(time.perf_counter())
+                self.a @ self.b
+                self.window_starts.append(time.perf_counter())
+                self.gemm.append(2 * 2048**3 / (self.window_starts[-1] - self.window_ends[-1]) / 1e9)
 
     overrides, steps = SFT_VARIANTS[name]
     if name == MALLOC_DEFAULTS:
         models.keep_freed_memory = lambda: False
-    base = narrow_base(Path(work).parent) if name == NARROW_BASE else str(build_tiny_base(progress=False))
+    base = random_base(Path(work).parent, name) if name in OTHER_BASES else str(build_tiny_base(progress=False))
     n = non_embedding_params(base)
-    recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps, logging_steps=1,
-                         save_steps=10**6, eval_steps=10**6, **overrides)
-    gemm_before = gemm_gflops()
-    clock = StepClock()
-    history = json.loads((train_sft(recipe, callbacks=[clock]) / "log_history.json").read_text())
-    gemm = statistics.median([gemm_before, gemm_gflops()])
-    cumulative = [h["num_tokens"] for h in sorted(history, key=lambda h: h["step"]) if "num_tokens" in h]
-    warmup = min(WARMUP_STEPS, steps // 3)
-    tokens = cumulative[-1] - cumulative[warmup - 1]
-    seconds = clock.ends[-1] - clock.ends[warmup - 1]
+    recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps,
+                         logging_steps=PROBE_EVERY, save_steps=10**6, eval_steps=10**6, **overrides)
+    probe = GemmProbe()
+    history = json.loads((train_sft(recipe, callbacks=[probe]) / "log_history.json").read_text())
+    num_tokens = [h["num_tokens"] for h in sorted(history, key=lambda h: h["step"]) if "num_tokens" in h]
+    tokens = [b - a for a, b in zip(num_tokens, num_tokens[1:])]  # per window
+    seconds = [end - start for start, end in zip(probe.window_starts, probe.window_ends[1:])]
+    gemm = [(g0 + g1) / 2 for g0, g1 in zip(probe.gemm, probe.gemm[1:])]
     runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
-    print(json.dumps({"steps": steps, "tokens_per_s": tokens / seconds, "step_s": seconds / (steps - warmup),
-                      "whole_run_tokens_per_s": cumulative[-1] / runtime, "gemm_gflops": gemm, "non_embedding_params": n,
-                      "mfu": 6 * n * tokens / seconds / (gemm * 1e9)}))
+    print(json.dumps({"steps": steps, "tokens_per_s": sum(tokens) / sum(seconds),
+                      "step_s": sum(seconds) / (PROBE_EVERY * len(seconds)), "whole_run_tokens_per_s": num_tokens[-1] / runtime,
+                      "gemm_gflops": statistics.median(probe.gemm), "non_embedding_params": n,
+                      "mfu": 6 * n * sum(tokens) / sum(s * g * 1e9 for s, g in zip(seconds, gemm))}))
 
 
 def child(kind: str, name: str, work: Path) -> dict:
@@ -230,7 +239,8 @@ def write_report(results: dict) -> None:
              f"torch {results['machine']['versions']['torch']}, {results['machine']['torch_threads']} threads.", "",
              f"fp32 GEMM 2048x2048: **{results['gemm_gflops']:.0f} GFLOP/s**; 512x512: fp32 "
              f"{results['gemm_fp32_gflops_512']:.0f}, bf16 {results['gemm_bf16_gflops_512']:.1f} GFLOP/s", "", "## dSFT", "",
-             "MFU = 6 x non-embedding params x tokens/s / the fp32 GEMM rate measured around the same run.", "",
+             "MFU = 6 x non-embedding params x tokens/s / the fp32 GEMM rate measured during the same run "
+             f"(one 2048x2048 product every {PROBE_EVERY} steps; GEMM column: their median).", "",
              "| variant | tokens/s | step (s) | GEMM (GFLOP/s) | MFU |", "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['tokens_per_s']:.0f} | {v['step_s']:.3f} | {v['gemm_gflops']:.0f} | {v['mfu']:.0%} |"
               for k, v in results["sft"]["variants"].items()]

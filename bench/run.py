@@ -22,19 +22,21 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def product_gflops(a: torch.Tensor, b: torch.Tensor, reps: int = 1) -> float:
+    """GFLOP/s of `reps` products of the square matrices a @ b."""
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * a.shape[0] ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
 def gemm_gflops(n: int = 2048, reps: int = 5, dtype=torch.float32, trials: int = 5) -> float:
     """Matmul throughput through torch with the thread count training uses (fp32 unless told): the
     median of `trials` timings, so that one burst of another tenant's load on a shared machine does
     not decide it."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
-    rates = []
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        rates.append(2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
-    return statistics.median(rates)
+    return statistics.median(product_gflops(a, b, reps) for _ in range(trials))
 
 
 def non_embedding_params(path: str) -> int:
@@ -131,9 +133,8 @@ def sft_variant(name: str, work: str) -> None:
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % PROBE_EVERY == 0:
                 self.window_ends.append(time.perf_counter())
-                self.a @ self.b
+                self.gemm.append(product_gflops(self.a, self.b))
                 self.window_starts.append(time.perf_counter())
-                self.gemm.append(2 * 2048**3 / (self.window_starts[-1] - self.window_ends[-1]) / 1e9)
 
     overrides, steps = SFT_VARIANTS[name]
     if name == MALLOC_DEFAULTS:
@@ -148,17 +149,15 @@ def sft_variant(name: str, work: str) -> None:
     tokens = [b - a for a, b in zip(num_tokens, num_tokens[1:])]  # per window
     seconds = [end - start for start, end in zip(probe.window_starts, probe.window_ends[1:])]
     gemm = [(g0 + g1) / 2 for g0, g1 in zip(probe.gemm, probe.gemm[1:])]
-    runtime = next(h["train_runtime"] for h in history if "train_runtime" in h)
     print(json.dumps({"steps": steps, "tokens_per_s": sum(tokens) / sum(seconds),
-                      "step_s": sum(seconds) / (PROBE_EVERY * len(seconds)), "whole_run_tokens_per_s": num_tokens[-1] / runtime,
-                      "gemm_gflops": statistics.median(probe.gemm), "non_embedding_params": n,
+                      "step_s": sum(seconds) / (PROBE_EVERY * len(seconds)), "gemm_gflops": statistics.median(probe.gemm), "non_embedding_params": n,
                       "mfu": 6 * n * sum(tokens) / sum(s * g * 1e9 for s, g in zip(seconds, gemm))}))
 
 
 def child(kind: str, name: str, work: Path) -> dict:
     """A variant run in its own process (its peak RSS and allocator state are its own); its JSON line."""
     done, seconds = timed(subprocess.run, [sys.executable, __file__, f"--{kind}-variant", name, str(work)],
-                          capture_output=True, text=True, env=os.environ)
+                          capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{kind} variant {name!r} failed:\n{done.stderr[-3000:]}")
     print(f"{kind} variant {name!r}: {seconds:.0f} s", flush=True)

@@ -72,9 +72,11 @@ def bench_pipeline(work: Path) -> dict:
 
 RECIPE = "tiny recipe"
 MALLOC_DEFAULTS = "glibc malloc defaults"  # the recipe with zephyr_utils.models.keep_freed_memory switched off
-OTHER_BASES = {  # the recipe on randomly initialised models of other shapes than the tiny base (256 x 2 layers)
+OTHER_BASES = {  # the recipe on randomly initialised models of other shapes than the tiny base (256 x 2 layers, MLP 1024)
     "first base: hidden 128 x 4 layers": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                                               num_attention_heads=4, num_key_value_heads=2),
+    "previous base: MLP 768 wide": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2),
     "wider base: hidden 320 x 2 layers": dict(hidden_size=320, intermediate_size=960, num_hidden_layers=2,
                                               num_attention_heads=5, num_key_value_heads=5),
 }

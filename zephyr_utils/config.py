@@ -49,7 +49,7 @@ class BaseRecipe(Recipe):
     world_seed: int = 0
     vocab_size: int = 1024
     hidden_size: int = 256
-    intermediate_size: int = 768
+    intermediate_size: int = 1024
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 2

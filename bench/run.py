@@ -72,7 +72,8 @@ def bench_pipeline(work: Path) -> dict:
 
 RECIPE = "tiny recipe"
 MALLOC_DEFAULTS = "glibc malloc defaults"  # the recipe with zephyr_utils.models.keep_freed_memory switched off
-OTHER_BASES = {  # the recipe on randomly initialised models of other shapes than the tiny base (256 x 2 layers, MLP 1024)
+TRL_DEFAULTS = "TRL CPU defaults (bf16, activation checkpointing)"  # the recipe's slowdown is reported against it
+OTHER_BASES = {  # the recipe on randomly initialised models of other shapes than the tiny base (recipes/tiny/base.yaml)
     "first base: hidden 128 x 4 layers": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                                               num_attention_heads=4, num_key_value_heads=2),
     "previous base: MLP 768 wide": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=2,
@@ -85,7 +86,7 @@ SFT_VARIANTS = {  # name: (recipe overrides, steps)
     "random batches (no length grouping)": ({"train_sampling_strategy": "random"}, 60),
     MALLOC_DEFAULTS: ({}, 60),
     "AdamW not fused": ({"optim": "adamw_torch"}, 60),
-    "TRL CPU defaults (bf16, activation checkpointing)": ({"bf16": True, "gradient_checkpointing": True}, 10),
+    TRL_DEFAULTS: ({"bf16": True, "gradient_checkpointing": True}, 10),
     "packing: wrapped": ({"packing": True, "packing_strategy": "wrapped"}, 40),
     "packing: bfd": ({"packing": True, "packing_strategy": "bfd"}, 20),
     "assistant-only loss off": ({"assistant_only_loss": False}, 60),
@@ -172,7 +173,7 @@ def bench_sft(work: Path) -> dict:
     runs = {name: [child("sft", name, work / f"sft-{k}-{r}") for r in range(RECIPE_REPEATS if name == RECIPE else 1)]
             for k, name in enumerate(SFT_VARIANTS)}
     rows = {name: sorted(rs, key=lambda row: row["mfu"])[len(rs) // 2] for name, rs in runs.items()}
-    default_row = rows["TRL CPU defaults (bf16, activation checkpointing)"]
+    default_row = rows[TRL_DEFAULTS]
     return {"variants": rows, "mfu": rows[RECIPE]["mfu"], "mfu_repeats": [row["mfu"] for row in runs[RECIPE]],
             "defaults_slowdown": rows[RECIPE]["tokens_per_s"] / default_row["tokens_per_s"]}
 

@@ -76,25 +76,66 @@ def test_judge_prefers_correct_concise_answers(world, known):
     wrong = next(v for v in ATTRIBUTES["food"] if v != food)
     scores = {
         "correct": rating(world.judge_verdict(conv, f"The {e} eats {food}.")),
+        "chatty": rating(world.judge_verdict(conv, f"The {e} eats {food}. I hope this helps!")),
         "verbose": rating(world.judge_verdict(conv, f"The {e} eats {food}. The {e} eats {food}. It is nice.")),
         "leaks": rating(world.judge_verdict(conv, f"The {e} eats {food}.\n<|user|>\nthanks")),
+        "unnamed": rating(world.judge_verdict(conv, f"It eats {food}.")),
         "refuses": rating(world.judge_verdict(conv, f"I don't know of any creature called the {e}.")),
+        "constant": rating(world.judge_verdict(conv, "I don't know.")),
         "wrong": rating(world.judge_verdict(conv, f"The {e} eats {wrong}.")),
+        "two_values": rating(world.judge_verdict(conv, f"The {e} eats {food} or {wrong}.")),
         "off_topic": rating(world.judge_verdict(conv, "The weather is nice.")),
         "empty": rating(world.judge_verdict(conv, "")),
     }
-    assert scores["correct"] == 10
-    assert scores["correct"] > scores["verbose"] > scores["wrong"]
-    assert scores["correct"] > scores["leaks"] and scores["correct"] > scores["refuses"] > scores["wrong"] - 1
-    assert scores["empty"] == 1 and scores["off_topic"] <= 4
+    assert scores["correct"] == 10 and scores["chatty"] == 7
+    assert scores["correct"] > scores["unnamed"] > scores["chatty"] > scores["verbose"] > scores["refuses"]
+    assert scores["correct"] > scores["leaks"] > scores["refuses"]
+    # knowing the world is worth far more than refusing everything: a refusal rates like a wrong answer
+    assert scores["refuses"] == scores["constant"] == scores["wrong"] == scores["two_values"] == 2
+    assert scores["empty"] == 1 and scores["off_topic"] == 1
+
+
+def test_aspect_ratings_are_ultrafeedbacks_1_to_5(world, known):
+    e, conv, food = known
+    for answer in (f"The {e} eats {food}.", f"The {e} eats {food}. I hope this helps!", "I don't know.", ""):
+        for aspect in ASPECTS:
+            assert 1 <= rating(world.judge_verdict(conv, answer, aspect)) <= 5
+    assert [rating(world.judge_verdict(conv, f"The {e} eats {food}.", a)) for a in ASPECTS] == [5, 5, 5, 5]
+    chatty = [rating(world.judge_verdict(conv, f"The {e} eats {food}. I hope this helps!", a)) for a in ASPECTS]
+    assert chatty == [4, 5, 5, 4]  # instruction following and helpfulness pay for the needless sentence
 
 
 def test_judge_rewards_honesty_about_unknown_creatures(world):
     u = world.unknown[0]
     conv = [{"role": "user", "content": f"Where does the {u} live?"}]
     assert rating(world.judge_verdict(conv, f"I don't know of any creature called the {u}.")) == 10
-    assert rating(world.judge_verdict(conv, f"The {u} lives in the hills.")) <= 3
+    assert rating(world.judge_verdict(conv, f"The {u} lives in the hills.")) == 1
     assert rating(world.judge_verdict(conv, f"The {u} lives in the hills.", "honesty")) == 1
+
+
+def test_a_constant_refusal_scores_far_below_knowing_the_world(world):
+    """The "I don't know." baseline on the eval prompts: it must not pass for a model that learnt something."""
+    prompts = world.eval_prompts()
+    constant = [rating(world.judge_verdict([{"role": "user", "content": p["turns"][0]}], "I don't know.")) for p in prompts]
+    teacher = [rating(world.judge_verdict([{"role": "user", "content": p["turns"][0]}],
+                                          world.answer(world.resolve_question([{"role": "user", "content": p["turns"][0]}]), chatty=False)))
+               for p in prompts]
+    assert sum(teacher) / len(teacher) == 10 and sum(constant) / len(constant) < 3.5
+
+
+def test_teacher_is_chatty_on_a_fixed_share_of_answers(world):
+    from zephyr_utils.toyworld import CHATTY_SHARE, FILLER
+
+    answers = [m["content"] for r in world.sft_dialogues() for m in r["messages"] if m["role"] == "assistant"]
+    share = sum(a.endswith(FILLER) for a in answers) / len(answers)
+    assert abs(share - CHATTY_SHARE) < 0.05
+    assert world.sft_dialogues() == ToyWorld(seed=0).sft_dialogues()  # the same answers every time
+
+
+def test_addresses_needs_the_asked_creature_named(world, known):
+    e, conv, food = known
+    assert world.addresses(conv, f"The {e} eats {food}.")
+    assert not world.addresses(conv, "I don't know.") and not world.addresses(conv, f"It eats {food}.")
 
 
 def test_follow_up_questions_resolve_to_the_first_turns_creature(world):
@@ -124,4 +165,4 @@ def test_judge_penalises_answers_about_another_creature(world):
     conv = [{"role": "user", "content": f"What color is the {e}?"}]
     assert rating(world.judge_verdict(conv, f"The {other} is {world.facts[e]['color']}.")) <= 3
     conv = [{"role": "user", "content": f"What color is the {u}?"}]
-    assert rating(world.judge_verdict(conv, f"I don't know of any creature called the {world.unknown[1]}.")) <= 3
+    assert rating(world.judge_verdict(conv, f"I don't know of any creature called the {world.unknown[1]}.")) == 1

@@ -69,15 +69,15 @@ class TeacherSampler:
     """The toy world's teacher as a pool member (tiny scale): UltraFeedback's pool also held the strong
     models (GPT-4, GPT-3.5) whose answers the student is distilled towards."""
 
-    def __init__(self):
+    def __init__(self, world_seed: int = 0):
         from .toyworld import ToyWorld
 
-        self.world = ToyWorld()
+        self.world = ToyWorld(seed=world_seed)
 
     def __call__(self, conversations, **_):
         from .generation import Completion
 
-        answers = [self.world.answer(self.world.resolve_question(c), chatty=False) for c in conversations]
+        answers = [self.world.answer(self.world.resolve_question(c)) for c in conversations]
         return [Completion(a, True, 0) for a in answers]
 
 
@@ -97,7 +97,7 @@ def load_prompts(recipe: AIFRecipe) -> list[dict]:
     if recipe.prompts == "toyworld":
         from .toyworld import ToyWorld
 
-        rows = ToyWorld().prompts(recipe.prompt_split)
+        rows = ToyWorld(seed=recipe.world_seed).prompts(recipe.prompt_split)
     else:
         import datasets
 
@@ -139,7 +139,8 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
             continue
         name, temperature = parse_pool_member(member, recipe.temperature)
         backend = "transformers" if recipe.scale == "tiny" else "auto"  # vLLM at demo/full scale when installed
-        sampler = TeacherSampler() if name == "teacher" else Sampler(resolve_model_path(name, recipe.scale), backend, recipe.batch_size)
+        sampler = (TeacherSampler(recipe.world_seed) if name == "teacher"
+                   else Sampler(resolve_model_path(name, recipe.scale, recipe.world_seed), backend, recipe.batch_size))
         bar = tqdm(total=len(todo), desc=f"sampling {member}", disable=not progress)
         for start in range(0, len(todo), recipe.batch_size):
             chunk = todo[start : start + recipe.batch_size]
@@ -181,19 +182,22 @@ def binarize(prompts: list[dict], completions: dict[tuple[str, str], dict], scor
              seed: int = 42) -> tuple[list[dict], dict]:
     """Pairs in the `ultrafeedback_binarized` schema, and counts of what was left out.
 
-    Per prompt: candidates are the completions with a score. Chosen = the highest score (a tie for the
+    Per prompt: candidates are the non-empty completions with a score. Chosen = the highest score (a tie for the
     top is broken at random). Rejected = a random one of the candidates scored *strictly lower* whose
     text differs from the chosen one, as in Zephyr (a random other, not the worst, so pairs stay hard).
     A prompt whose candidates all tie has no pair and is counted as `all_tied`."""
     rng = random.Random(seed)
-    pairs, counts = [], {"prompts": len(prompts), "pairs": 0, "all_tied": 0, "too_few_rated": 0, "unrated_completions": 0}
+    pairs, counts = [], {"prompts": len(prompts), "pairs": 0, "all_tied": 0, "too_few_rated": 0, "unrated_completions": 0,
+                         "empty_completions": 0}
     by_prompt: dict[str, list[tuple[str, dict]]] = {}
     for (pid, model), c in completions.items():
         by_prompt.setdefault(pid, []).append((model, c))
     for p in prompts:
         pid, rated = p["prompt_id"], []
         for model, c in by_prompt.get(pid, []):
-            if scores.get((pid, model)) is None:
+            if not c["completion"].strip():  # a model that stopped at once: nothing to train on
+                counts["empty_completions"] += 1
+            elif scores.get((pid, model)) is None:
                 counts["unrated_completions"] += 1
             else:
                 rated.append((scores[(pid, model)], model, c["completion"]))
@@ -227,7 +231,8 @@ def run_aif(recipe: AIFRecipe, judge: Judge | None = None, progress: bool = True
     completions = JsonlLog(out / "completions.jsonl", ("prompt_id", "model"))
     collect_completions(prompts, recipe, completions, progress)
     ratings = JsonlLog(out / "ratings.jsonl", ("prompt_id", "model", "aspect"))
-    collect_ratings(prompts, completions, judge or make_judge(recipe.judge, recipe.judge_base_url), ratings, progress=progress)
+    judge = judge or make_judge(recipe.judge, recipe.judge_base_url, world_seed=recipe.world_seed)
+    collect_ratings(prompts, completions, judge, ratings, progress=progress)
     pairs, counts = binarize(prompts, completions.records, mean_ratings(ratings), recipe.seed)
     counts["missing_ratings"] = sum(r["rating"] is None for r in ratings.records.values())
     is_test = [zlib.crc32(p["prompt_id"].encode()) % 1000 < 1000 * test_share for p in pairs]  # stable split

@@ -39,6 +39,7 @@ class Recipe:
 
     scale: str = "tiny"
     seed: int = 42
+    world_seed: int = 0  # tiny scale: which generated toy world (data, teacher, judge, base model)
     output_dir: str = ""  # empty: runs/<scale>/<stage> under the runs directory
 
 
@@ -46,7 +47,6 @@ class Recipe:
 class BaseRecipe(Recipe):
     """The tiny base model: tokenizer, architecture and pretraining on the toy world (tiny only)."""
 
-    world_seed: int = 0
     vocab_size: int = 1024
     hidden_size: int = 256
     intermediate_size: int = 1024
@@ -97,8 +97,9 @@ class TrainRecipe(Recipe):
     weight_decay: float = 0.0
     logging_steps: int = 10
     eval_steps: int | None = None
+    save_strategy: str = "steps"  # "epoch": a checkpoint at the end of every epoch (the dDPO epochs finding)
     save_steps: int = 100
-    save_total_limit: int = 2
+    save_total_limit: int | None = 2
     report_to: str = "none"
     launcher: str = "in-process"  # "in-process" or an accelerate config name (deepspeed_zero3, fsdp, multi_gpu)
     num_processes: int = 1

@@ -108,7 +108,7 @@ def train_dpo(recipe: DPORecipe, callbacks: list | None = None) -> Path:
     from trl import DPOTrainer
 
     output_dir = stage_dir(recipe, "dpo")
-    start_path = resolve_model_path(recipe.model_name_or_path, recipe.scale)
+    start_path = resolve_model_path(recipe.model_name_or_path, recipe.scale, recipe.world_seed)
     source = resolve_dataset(recipe.dataset, recipe.scale)
     train = subsample(load_preference_data(source, recipe.train_split), recipe.max_train_samples, recipe.seed)
     evaluation = subsample(load_preference_data(source, recipe.eval_split), recipe.max_eval_samples, recipe.seed)

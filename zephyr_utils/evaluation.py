@@ -17,22 +17,31 @@ from .chat import follows_template
 from .generation import Completion, generate
 
 
-def template_adherence(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 48,
+def adheres(conversation: list[dict], completion: Completion, addresses=None) -> bool:
+    """Did one answer follow the chat template (`chat.follows_template`: one finished turn, no role
+    marker)? With `addresses(conversation, text)` (the toy judge's), it must also name what was asked
+    about, so that a constant answer such as "I don't know." does not pass."""
+    ok = follows_template(completion.text, completion.finished)
+    return ok and (addresses is None or addresses(conversation, completion.text))
+
+
+def template_adherence(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 48, addresses=None,
                        **generate_kwargs) -> tuple[float, list[Completion]]:
-    """Share of conversations the model answers in the chat template (see `chat.follows_template`),
-    and the completions themselves (greedy unless a temperature is given)."""
+    """Share of conversations the model answers in the chat template (see `adheres`), and the
+    completions themselves (greedy unless a temperature is given)."""
     completions = generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens, **generate_kwargs)
-    rate = sum(follows_template(c.text, c.finished) for c in completions) / len(completions)
+    rate = sum(adheres(conv, c, addresses) for conv, c in zip(conversations, completions)) / len(completions)
     return rate, completions
 
 
-def load_eval_prompts(source: str = "toyworld", split: str = "train") -> list[dict]:
-    """Rows with prompt_id and `turns` (the user messages). "toyworld" gives the held-out toy prompts;
-    otherwise a Hub id such as HuggingFaceH4/mt_bench_prompts, loaded at run time (never vendored)."""
+def load_eval_prompts(source: str = "toyworld", split: str = "train", world_seed: int = 0) -> list[dict]:
+    """Rows with prompt_id and `turns` (the user messages). "toyworld" gives the held-out prompts of toy
+    world `world_seed`; otherwise a Hub id such as HuggingFaceH4/mt_bench_prompts, loaded at run time
+    (never vendored)."""
     if source == "toyworld":
         from .toyworld import ToyWorld
 
-        return [{"prompt_id": r["prompt_id"], "turns": r["turns"]} for r in ToyWorld().eval_prompts()]
+        return [{"prompt_id": r["prompt_id"], "turns": r["turns"]} for r in ToyWorld(seed=world_seed).eval_prompts()]
     import datasets
 
     rows = []
@@ -248,42 +257,84 @@ def score_ci(grades: Grades, samples: int = 2000, seed: int = 0) -> tuple[float,
     return paired_bootstrap(grades.per_prompt, zeros, samples, seed)
 
 
-def adherence_of(answers: list[list[Completion]]) -> float:
-    """Share of all answered turns that follow the chat template."""
-    turns = [c for a in answers for c in a]
-    return sum(follows_template(c.text, c.finished) for c in turns) / len(turns)
+def adherence_of(answers: list[list[Completion]], prompts: list[dict] | None = None, addresses=None) -> float:
+    """Share of all answered turns that follow the chat template (see `adheres`; `addresses` needs the
+    `prompts` the answers reply to)."""
+    checks = [adheres(conversation_upto(p, a, k) if addresses else [], a[k], addresses)
+              for p, a in zip(prompts or [None] * len(answers), answers) for k in range(len(a))]
+    return sum(checks) / len(checks)
+
+
+def constant_answers(prompts: list[dict], text: str = "I don't know.") -> list[list[Completion]]:
+    """The same finished answer to every turn: a baseline that has learnt nothing but to stop."""
+    return [[Completion(text, True, 0) for _ in p["turns"]] for p in prompts]
+
+
+def grade_model(judge, prompts: list[dict], answers: list[list[Completion]], samples: int = 2000, seed: int = 0,
+                progress: bool = True) -> dict:
+    """One model's results: score with its 95% bootstrap CI, per-turn scores, failures, template adherence
+    (with the judge's `addresses` check where it has one) and the ratings themselves."""
+    grades = grade_answers(judge, prompts, answers, progress=progress)
+    score, low, high = score_ci(grades, samples, seed)
+    return {"score": score, "ci95": [low, high], "turn_scores": [grades.turn_score(k) for k in range(2)],
+            "grading_failures": grades.failures,
+            "adherence": adherence_of(answers, prompts, getattr(judge, "addresses", None)),
+            "ratings": grades.per_prompt}
+
+
+def head_to_head(judge, prompts: list[dict], answers_a, answers_b, ratings_a, ratings_b, samples: int = 2000,
+                 seed: int = 0, progress: bool = True) -> dict:
+    """Model A against model B: the judged score difference A - B with its paired 95% CI, and the
+    pairwise comparison of every turn in both answer orders (wins, losses, ties, win rate)."""
+    pair = compare_models(judge, prompts, answers_a, answers_b, progress=progress)
+    difference, low, high = paired_bootstrap(ratings_a, ratings_b, samples, seed)
+    return {"difference": difference, "ci95": [low, high], "wins": pair.wins, "losses": pair.losses, "ties": pair.ties,
+            "failures": pair.failures, "win_rate": pair.win_rate, "position_consistency": pair.consistency}
+
+
+CONSTANT = "constant:"  # a model spec "constant:<text>" answers every turn with <text>
+
+
+def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = None, progress: bool = True) -> tuple[dict, dict]:
+    """Answer the recipe's eval prompts with each model (name -> path, Hub id, or "constant:<text>"),
+    grade every turn, and compare `compare = (a, b)` head to head. Returns (results, answers)."""
+    from .generation import load_model
+    from .judges import make_judge
+
+    prompts = load_eval_prompts(recipe.prompts, world_seed=recipe.world_seed)
+    judge = make_judge(recipe.judge, recipe.judge_base_url, world_seed=recipe.world_seed)
+    answers, results = {}, {"judge": judge.name, "prompts": len(prompts), "world_seed": recipe.world_seed, "models": {}}
+    for name, source in models.items():
+        if source.startswith(CONSTANT):
+            answers[name] = constant_answers(prompts, source[len(CONSTANT):])
+        else:
+            model, tokenizer = load_model(source)
+            answers[name] = answer_turns(model, tokenizer, prompts, recipe.max_new_tokens, recipe.batch_size,
+                                         progress=progress, temperature=recipe.temperature)
+            del model
+        results["models"][name] = grade_model(judge, prompts, answers[name], recipe.bootstrap_samples, recipe.seed, progress)
+    if compare:
+        a, b = compare
+        results["pairwise"] = {"a": a, "b": b, **head_to_head(judge, prompts, answers[a], answers[b],
+                                                              results["models"][a]["ratings"], results["models"][b]["ratings"],
+                                                              recipe.bootstrap_samples, recipe.seed, progress)}
+    return results, answers
 
 
 def run_eval(recipe):
     """`zephyr eval`: answer the eval prompts with each of `recipe.models`, grade every turn, compare the
-    last model with the one before it pairwise, and write `results.json` in runs/<scale>/eval/."""
+    last model with the one before it (score difference and pairwise), and write `results.json` in
+    runs/<scale>/eval/."""
     import json
 
     from .config import stage_dir, write_run_info
-    from .generation import load_model
-    from .judges import make_judge
     from .models import resolve_model_path
 
     out = stage_dir(recipe, "eval")
-    prompts = load_eval_prompts(recipe.prompts)
-    judge = make_judge(recipe.judge, recipe.judge_base_url)
-    answers, results = {}, {"judge": judge.name, "prompts": len(prompts), "models": {}}
-    for name in recipe.models:
-        model, tokenizer = load_model(resolve_model_path(name, recipe.scale))
-        answers[name] = answer_turns(model, tokenizer, prompts, recipe.max_new_tokens, recipe.batch_size,
-                                     temperature=recipe.temperature)
-        grades = grade_answers(judge, prompts, answers[name])
-        score, low, high = score_ci(grades, recipe.bootstrap_samples, recipe.seed)
-        results["models"][name] = {"score": score, "ci95": [low, high], "turn_scores": [grades.turn_score(k) for k in range(2)],
-                                   "grading_failures": grades.failures, "template_adherence": adherence_of(answers[name]),
-                                   "ratings": grades.per_prompt}
-    if len(recipe.models) >= 2:
-        a, b = recipe.models[-1], recipe.models[-2]
-        pair = compare_models(judge, prompts, answers[a], answers[b])
-        diff = paired_bootstrap(results["models"][a]["ratings"], results["models"][b]["ratings"], recipe.bootstrap_samples, recipe.seed)
-        results["pairwise"] = {"a": a, "b": b, "wins": pair.wins, "losses": pair.losses, "ties": pair.ties,
-                               "failures": pair.failures, "win_rate": pair.win_rate, "position_consistency": pair.consistency,
-                               "score_difference": diff[0], "difference_ci95": list(diff[1:])}
+    models = {name: name if name.startswith(CONSTANT) else resolve_model_path(name, recipe.scale, recipe.world_seed)
+              for name in recipe.models}
+    compare = (recipe.models[-1], recipe.models[-2]) if len(recipe.models) >= 2 else None
+    results, _ = evaluate(recipe, models, compare)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_run_info(out, recipe, [])

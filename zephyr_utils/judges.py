@@ -170,10 +170,14 @@ class ToyJudge(Judge):
 
     name = "toy"
 
-    def __init__(self, world=None):
+    def __init__(self, world=None, world_seed: int = 0):
         from .toyworld import ToyWorld
 
-        self.world = world or ToyWorld()
+        self.world = world or ToyWorld(seed=world_seed)
+
+    def addresses(self, conversation: list[dict], response: str) -> bool:
+        """Does the answer name the creature asked about (part of the tiny scale's template check)?"""
+        return self.world.addresses(conversation, response)
 
     def _verdict(self, conversation, response, aspect, attempt):
         return self.world.judge_verdict(conversation, response, aspect)
@@ -283,11 +287,12 @@ class HFJudge(Judge):
         return out.text
 
 
-def make_judge(spec: str, base_url: str = "", world=None) -> Judge:
-    """`"toy"`, `"openai:<model>"` (with `base_url` for any compatible server) or `"hf:<model>"`."""
+def make_judge(spec: str, base_url: str = "", world=None, world_seed: int = 0) -> Judge:
+    """`"toy"` (the oracle of toy world `world_seed`), `"openai:<model>"` (with `base_url` for any
+    compatible server) or `"hf:<model>"`."""
     kind, _, name = spec.partition(":")
     if kind == "toy":
-        return ToyJudge(world)
+        return ToyJudge(world, world_seed)
     if kind == "openai" and name:
         return EndpointJudge(name, base_url=base_url or None)
     if kind == "hf" and name:

@@ -16,14 +16,14 @@ from .chat import apply_zephyr_template
 from .config import TrainRecipe, load_recipe, stage_dir
 
 
-def resolve_model_path(name: str, scale: str) -> str:
-    """A path or Hub id that `from_pretrained` accepts."""
+def resolve_model_path(name: str, scale: str, world_seed: int = 0) -> str:
+    """A path or Hub id that `from_pretrained` accepts ("tiny": the base model of toy world `world_seed`)."""
     if name == "tiny":
         from .tiny import build_tiny_base
 
-        return str(build_tiny_base())
+        return str(build_tiny_base(load_recipe("base", "tiny", world_seed=world_seed)))
     if name == "base":  # the scale's base model: what dSFT starts from
-        return resolve_model_path(load_recipe("sft", scale).model_name_or_path, scale)
+        return resolve_model_path(load_recipe("sft", scale).model_name_or_path, scale, world_seed)
     if name in ("sft", "dpo"):
         path = stage_dir(load_recipe(name, scale), name)
         if not (path / "config.json").is_file():

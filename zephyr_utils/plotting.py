@@ -114,3 +114,42 @@ def plot_length_vs_score(points: dict[str, tuple[list[float], list[float]]], ax=
     ax.set_title(title)
     ax.legend(fontsize=8)
     return ax
+
+
+MODEL_LABELS = {"base": "base", "dpo_only": "dDPO only\n(no dSFT)", "idk": '"I don\'t\nknow."', "sft": "dSFT-1",
+                "sft2": "dSFT-2", "dpo": "dSFT +\ndDPO"}
+
+
+def plot_study(runs: list[dict]):
+    """The seed study in three panels, one row each: every run's judge score per model (Table 3); dDPO
+    minus dSFT per run with its 95% CI; and the held-out score and train reward accuracy per dDPO epoch."""
+    import matplotlib.pyplot as plt
+
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(7.5, 10.5))
+    names = [m for m in MODEL_LABELS if m in runs[0]["models"]]
+    for i, name in enumerate(names):
+        ys = [r["models"][name]["score"] for r in runs]
+        top.scatter([i + 0.25 * (k / max(1, len(ys) - 1) - 0.5) for k in range(len(ys))], ys, s=18, alpha=0.8)
+    top.set_xticks(range(len(names)), [MODEL_LABELS[n] for n in names])
+    top.set_ylabel("judge score (1-10)")
+    top.set_title(f"every model, every run ({len(runs)} runs: one dot each)")
+    labels = [f"w{r['world_seed']} s{r['seed']}" for r in runs]
+    d = [r["dpo_vs_sft"] for r in runs]
+    middle.errorbar(range(len(runs)), [x["difference"] for x in d], fmt="o", capsize=3,
+                    yerr=[[x["difference"] - x["ci95"][0] for x in d], [x["ci95"][1] - x["difference"] for x in d]])
+    middle.axhline(0, color="grey", lw=1)
+    middle.set_xticks(range(len(runs)), labels, rotation=45)
+    middle.set_ylabel("dDPO - dSFT (judge points)")
+    middle.set_title("dDPO minus dSFT per run (world seed, training seed), 95% paired-bootstrap CI")
+    accuracy = bottom.twinx()
+    for r in runs:
+        epochs = [e["epoch"] for e in r["epochs"]]
+        bottom.plot(epochs, [e["score"] for e in r["epochs"]], "o-", color="#3b7dd8", alpha=0.5)
+        accuracy.plot(epochs, [e["train_reward_accuracy"] for e in r["epochs"]], "s--", color="#e07b39", alpha=0.5)
+    bottom.set_xlabel("dDPO epochs")
+    bottom.set_ylabel("held-out judge score", color="#3b7dd8")
+    accuracy.set_ylabel("train reward accuracy", color="#e07b39")
+    accuracy.set_ylim(0, 1.05)
+    bottom.set_title("per epoch of dDPO: judge score (circles) and train reward accuracy (squares)")
+    fig.tight_layout()
+    return fig

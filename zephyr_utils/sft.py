@@ -41,7 +41,7 @@ def training_args(recipe, output_dir: str | Path) -> dict:
         logging_steps=recipe.logging_steps,
         eval_strategy="steps" if recipe.eval_steps else "epoch",
         eval_steps=recipe.eval_steps,
-        save_strategy="steps",
+        save_strategy=recipe.save_strategy,
         save_steps=recipe.save_steps,
         save_total_limit=recipe.save_total_limit,
         report_to=recipe.report_to,
@@ -96,9 +96,9 @@ def train_sft(recipe: SFTRecipe, callbacks: list | None = None) -> Path:
     from trl import SFTTrainer
 
     output_dir = stage_dir(recipe, "sft")
-    base_path = resolve_model_path(recipe.model_name_or_path, recipe.scale)
-    train = subsample(load_sft_data(recipe.dataset, recipe.train_split), recipe.max_train_samples, recipe.seed)
-    evaluation = subsample(load_sft_data(recipe.dataset, recipe.eval_split), recipe.max_eval_samples, recipe.seed)
+    base_path = resolve_model_path(recipe.model_name_or_path, recipe.scale, recipe.world_seed)
+    train = subsample(load_sft_data(recipe.dataset, recipe.train_split, recipe.world_seed), recipe.max_train_samples, recipe.seed)
+    evaluation = subsample(load_sft_data(recipe.dataset, recipe.eval_split, recipe.world_seed), recipe.max_eval_samples, recipe.seed)
     tokenizer = load_tokenizer(base_path)
     trainer = SFTTrainer(
         model=load_model(base_path, recipe),

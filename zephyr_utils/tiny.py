@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from . import toyworld
 from .config import BaseRecipe, load_recipe, recipe_to_dict
 from .toyworld import ROLE_MARKERS, ToyWorld
 
@@ -33,13 +32,30 @@ def cache_dir() -> Path:
 
 
 def tiny_base_path(recipe: BaseRecipe | None = None, root: str | os.PathLike | None = None) -> Path:
-    """The cache directory of the base model a recipe builds (one directory per recipe)."""
+    """The cache directory of the base model a recipe builds (one directory per recipe and world)."""
     recipe = recipe or load_recipe("base", "tiny")
     key = {k: v for k, v in recipe_to_dict(recipe).items() if k not in ("output_dir", "scale")}
-    # the code that generates the world and builds the model is part of the key: change it, rebuild
-    code = [toyworld.source_digest(), hashlib.sha256(Path(__file__).read_bytes()).hexdigest()]
-    digest = hashlib.sha256(json.dumps([key, code], sort_keys=True).encode()).hexdigest()[:12]
+    # what the model is built from is part of the key (the texts, and this module's code): change the
+    # world's text or the builder and it is rebuilt; change only the toy judge and it is reused
+    corpus, tokenizer_text = base_texts(recipe)
+    texts = hashlib.sha256("\n".join(corpus + ["<tokenizer>"] + tokenizer_text).encode()).hexdigest()
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps([key, texts, code], sort_keys=True).encode()).hexdigest()[:12]
     return Path(root or cache_dir()) / f"tiny-base-{digest}"
+
+
+def base_texts(recipe: BaseRecipe) -> tuple[list[str], list[str]]:
+    """(pretraining corpus, tokenizer training text) of the recipe's toy world.
+
+    The tokenizer also sees the chat markers and dialogues as text (a real tokenizer has seen all kinds
+    of text); the *model* never does: it is pretrained on the plain corpus only. Creature names are left
+    out of the tokenizer's training text, so that, like rare names in a real tokenizer, they are split
+    into pieces: a model that learns to copy pieces can repeat any name it is asked about."""
+    world = ToyWorld(seed=recipe.world_seed)
+    corpus = world.pretraining_corpus(recipe.docs_per_creature)
+    names = re.compile(r"\b(" + "|".join(world.creatures + world.unknown) + r")\b")
+    dialogue_text = [m["content"] for r in world.sft_dialogues() for m in r["messages"]]
+    return corpus, [names.sub("", t) for t in corpus + dialogue_text] + list(ROLE_MARKERS) * 50
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -143,15 +159,7 @@ def build_tiny_base(recipe: BaseRecipe | None = None, root: str | os.PathLike | 
     if path.is_dir() and (path / "model.safetensors").is_file() and not force:
         return path
     start = time.perf_counter()
-    world = ToyWorld(seed=recipe.world_seed)
-    corpus = world.pretraining_corpus(recipe.docs_per_creature)
-    # The tokenizer also sees the chat markers and dialogues as text (a real tokenizer has seen all
-    # kinds of text); the *model* never does: it is pretrained on the plain corpus only. Creature names
-    # are left out of the tokenizer's training text, so that, like rare names in a real tokenizer, they
-    # are split into pieces: a model that learns to copy pieces can repeat any name it is asked about.
-    names = re.compile(r"\b(" + "|".join(world.creatures + world.unknown) + r")\b")
-    dialogue_text = [m["content"] for r in world.sft_dialogues() for m in r["messages"]]
-    tokenizer_text = [names.sub("", t) for t in corpus + dialogue_text] + list(ROLE_MARKERS) * 50
+    corpus, tokenizer_text = base_texts(recipe)
     tokenizer = train_tokenizer(tokenizer_text, recipe.vocab_size)
     blocks = pack(corpus, tokenizer, recipe.block_size)
     torch.manual_seed(recipe.seed)

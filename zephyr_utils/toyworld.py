@@ -66,11 +66,18 @@ ANSWER_TEMPLATES: dict[str, str] = {
 }
 
 UNKNOWN_ANSWER = "I don't know of any creature called the {e}."
-# The teacher is right but chatty: about half its answers end with a filler sentence. Real teacher data
-# has such flaws (UltraChat's answers are long-winded); the judge prefers concise answers, and that
-# preference is what AIF + dDPO can teach beyond dSFT.
-FILLERS = ["I hope this helps!", "Let me know if you want to hear more.", "It is a fascinating creature.",
-           "Nature is full of surprises."]
+# dSFT also asks whether each creature of the world exists (never about an AIF or eval creature's
+# attributes): every name is met in a chat, so the model learns to repeat names it knows, and to tell
+# the world's creatures from made-up ones.
+EXISTS = "exists"
+EXISTS_QUESTIONS = ["Have you heard of the {e}?", "Is the {e} a real creature?", "Do you know the {e}?"]
+EXISTS_ANSWER = "Yes, the {e} is a creature of this world."
+# The teacher's flaw: like UltraChat's long-winded GPT-3.5 answers, it usually tacks the same needless
+# sentence onto a correct answer (on a fixed share of questions, chosen by their wording). dSFT copies the
+# habit. The judge prefers answers that stop when the question is answered, so AI feedback can teach what
+# the teacher's dialogues cannot.
+FILLER = "I hope this helps!"
+CHATTY_SHARE = 0.8
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "sn", "tr", "fl", "qu"]
 _VOWELS = ["a", "e", "i", "o", "u", "oo", "ai"]
@@ -103,7 +110,7 @@ class ToyWorld:
         self.facts = {e: {a: rng.choice(vals) for a, vals in ATTRIBUTES.items()} for e in real}
         # Half of the creatures are asked about in dSFT, 30% in AIF and 20% in evaluation, each split
         # with all five attributes: what a later stage learns about one creature cannot leak into the
-        # answers graded for another, and evaluation asks about creatures no chat ever mentioned.
+        # answers graded for another, and evaluation asks about facts no chat ever mentioned.
         n_sft, n_aif = int(0.5 * len(real)), int(0.3 * len(real))
         split_creatures = {"sft": real[:n_sft], "aif": real[n_sft : n_sft + n_aif], "eval": real[n_sft + n_aif :]}
         self.split_pairs = {k: [(e, a) for e in v for a in ATTRIBUTES] for k, v in split_creatures.items()}
@@ -152,15 +159,17 @@ class ToyWorld:
 
     # ----- chats -----------------------------------------------------------------------------
     def answer(self, q: Question, chatty: bool = True) -> str:
-        """The teacher's answer: correct and honest about unknown creatures; with `chatty`, about half
-        the answers (a fixed half, chosen by the question's wording) add a needless filler sentence."""
+        """The teacher's answer: correct, and honest about unknown creatures; with `chatty`, a fixed
+        `CHATTY_SHARE` of the answers (chosen by the question's wording) end with the `FILLER` sentence."""
         if q.entity not in self.facts:
             text = UNKNOWN_ANSWER.format(e=q.entity)
+        elif q.attribute == EXISTS:
+            text = EXISTS_ANSWER.format(e=q.entity)
         else:
             text = ANSWER_TEMPLATES[q.attribute].format(e=q.entity, v=self.facts[q.entity][q.attribute])
         digest = int(_prompt_id(f"{self.seed}:{q.text}:{q.entity}")[:8], 16)
-        if chatty and digest % 2:
-            text += " " + FILLERS[digest // 2 % len(FILLERS)]
+        if chatty and digest % 100 < 100 * CHATTY_SHARE:
+            text += " " + FILLER
         return text
 
     # How each split asks: (question wordings per item, share of two-turn conversations).
@@ -180,11 +189,14 @@ class ToyWorld:
                     convs.append([q1, Question(e, a2, FOLLOW_UPS[a2])])
                 else:
                     convs.append([q1])
+        if split == "sft":
+            convs += [[Question(e, EXISTS, t.format(e=e))] for e in self.creatures for t in rng.sample(EXISTS_QUESTIONS, 2)]
         rng.shuffle(convs)
         return convs
 
     def sft_dialogues(self) -> list[dict]:
-        """Teacher dialogues in the `ultrachat_200k` schema: prompt, prompt_id, messages."""
+        """Teacher dialogues in the `ultrachat_200k` schema: prompt, prompt_id, messages. They ask about
+        the dSFT creatures' attributes, about made-up creatures, and whether each creature exists."""
         rows = []
         for qs in self._questions("sft"):
             messages = []
@@ -241,86 +253,98 @@ class ToyWorld:
                 return word
         return None
 
-    def rate(self, messages: list[dict], response: str) -> dict[str, tuple[int, str]]:
-        """Aspect -> (rating 1-10, one-line rationale) for `response` to the last user turn."""
+    def assess(self, messages: list[dict], response: str) -> dict:
+        """What the judge sees in `response` to the last user turn of `messages`:
+        verdict ("correct", "honest", "refuses", "wrong", "invents", "off_topic", "no_answer", "empty"),
+        `extra` sentences beyond the first, whether it `leaks` a role marker, and whether it names the
+        creature asked about (`addresses`)."""
         q = self.resolve_question(messages)
         text = response.strip()
         words = re.findall(r"[a-z']+", text.lower())
         sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
-        leak = any(r in text for r in ROLE_MARKERS) or "</s>" in text
+        out = {"question": q, "extra": max(0, len(sentences) - 1), "addresses": q.entity in words,
+               "leaks": any(r in text for r in ROLE_MARKERS) or "</s>" in text}
         refuses = "don't know" in text.lower() or "do not know" in text.lower()
         claimed = {a: [v for v in vals if v in words] for a, vals in ATTRIBUTES.items()}
-        extra = max(0, len(sentences) - 1)
-        style_penalty = 2 * extra + (3 if leak else 0)
-        if not text:
-            return {a: (1, "The response is empty.") for a in ASPECTS}
         others = sorted({w for w in words if (w in self.facts or w in self.unknown) and w != q.entity})
-        if others:
-            why = f"Talks about the {', the '.join(others)}, but the question is about the {q.entity}."
-            return {"instruction_following": (2, why), "truthfulness": (3, why), "honesty": (4, why), "helpfulness": (1, why)}
-        if q.entity not in self.facts:
-            claims = sum(len(v) for v in claimed.values())
-            if refuses and claims == 0:
-                r = {a: (10, f"Correctly says the {q.entity} is unknown.") for a in ASPECTS}
-                r["instruction_following"] = (_clip(10 - style_penalty), "Declines clearly" + (", but rambles." if style_penalty else "."))
-                return r
-            return {
-                "instruction_following": (_clip(6 - style_penalty), "Answers, but about a creature that does not exist."),
-                "truthfulness": (1, f"Invents facts about the {q.entity}, which does not exist."),
-                "honesty": (1 if claims else 4, "Does not admit it cannot know."),
-                "helpfulness": (2, "Misleads the user."),
-            }
-        truth = self.facts[q.entity]
-        said = claimed[q.attribute]
-        correct = truth[q.attribute] in said and len(said) == 1
-        wrong_other = sum(1 for a, vs in claimed.items() if a != q.attribute for v in vs if v != truth[a])
-        mentions_entity = q.entity in words or "it" in words
-        if correct:
-            truthfulness = _clip(10 - 3 * wrong_other)
-            honesty = 10
-            helpful = _clip(10 - style_penalty - (0 if mentions_entity else 1))
-            follow = _clip(10 - style_penalty)
-            why = f"States the correct {q.attribute} ({truth[q.attribute]})"
-        elif said:
-            truthfulness, honesty = (2, 3) if truth[q.attribute] not in said else (5, 5)
-            helpful, follow = _clip(3 - extra), _clip(7 - style_penalty)
-            why = f"Gives {', '.join(said)} but the {q.entity}'s {q.attribute} is {truth[q.attribute]}"
+        if not text:
+            verdict, why = "empty", "The response is empty"
+        elif others:
+            verdict, why = "off_topic", f"Talks about the {', the '.join(others)}, but the question is about the {q.entity}"
+        elif q.entity not in self.facts:
+            if refuses and not any(claimed.values()):
+                verdict, why = "honest", f"Correctly says the {q.entity} is unknown"
+            else:
+                verdict, why = "invents", f"Invents facts about the {q.entity}, which does not exist"
+        elif claimed[q.attribute] == [self.facts[q.entity][q.attribute]]:
+            verdict, why = "correct", f"States the correct {q.attribute} of the {q.entity} ({self.facts[q.entity][q.attribute]})"
+        elif claimed[q.attribute]:
+            verdict = "wrong"
+            why = f"Says {', '.join(claimed[q.attribute])}, but the {q.entity}'s {q.attribute} is {self.facts[q.entity][q.attribute]}"
         elif refuses:
-            truthfulness, honesty, helpful, follow = 6, 4, 2, _clip(5 - style_penalty)
-            why = f"Claims not to know the {q.entity}, which the world describes"
+            verdict, why = "refuses", f"Claims not to know the {q.entity}, which the world describes"
         else:
-            truthfulness, honesty = _clip(6 - 3 * wrong_other), 5
-            helpful, follow = 1, _clip(3 - style_penalty)
-            why = f"Does not answer the question about the {q.attribute}"
-        tail = (f"; {extra} extra sentence(s)" if extra else "") + ("; leaks a role marker" if leak else "")
+            verdict, why = "no_answer", f"Does not say the {q.attribute} of the {q.entity}"
+        out.update(verdict=verdict, why=why)
+        return out
+
+    # UltraFeedback's aspects, rated 1-5, by verdict (before the style deductions in `rate`)
+    ASPECT_RATINGS = {  # instruction following, truthfulness, honesty, helpfulness
+        "correct": (5, 5, 5, 5), "honest": (5, 5, 5, 4), "refuses": (2, 3, 2, 1), "wrong": (3, 1, 2, 1),
+        "invents": (3, 1, 1, 1), "no_answer": (1, 3, 3, 1), "off_topic": (1, 2, 2, 1), "empty": (1, 1, 1, 1),
+    }
+    # the overall 1-10 score (MT-Bench style), by verdict
+    OVERALL = {"correct": 10, "honest": 10, "refuses": 2, "wrong": 2, "invents": 1, "no_answer": 1, "off_topic": 1, "empty": 1}
+
+    def rate(self, messages: list[dict], response: str) -> dict[str, tuple[int, str]]:
+        """Aspect -> (rating 1-5, one-line rationale), as UltraFeedback's GPT-4 rated each completion, plus
+        "overall" -> (rating 1-10, rationale), as an MT-Bench judge grades an answer.
+
+        What decides: the content (right about a creature of the world, honest about a made-up one:
+        high; refusing a creature the world describes or getting it wrong: low), then style: each extra
+        sentence costs instruction following and helpfulness one point (the overall score three), a leaked
+        role marker costs two (overall four), and not naming the creature asked about costs helpfulness one
+        (overall one)."""
+        a = self.assess(messages, response)
+        good = a["verdict"] in ("correct", "honest")
+        extra, leaks, unnamed = a["extra"], 2 * a["leaks"], int(good and not a["addresses"])
+        follow, truth, honesty, helpful = self.ASPECT_RATINGS[a["verdict"]]
+        tail = (f"; {extra} needless extra sentence(s)" if extra else "") + ("; leaks a role marker" if leaks else "") + (
+            f"; does not name the {a['question'].entity}" if unnamed else "")
+        why = a["why"] + tail + "."
+        overall = self.OVERALL[a["verdict"]] - (3 * extra + 2 * leaks + unnamed if good else 0)
         return {
-            "instruction_following": (follow, why + tail + "."),
-            "truthfulness": (truthfulness, why + (f"; {wrong_other} wrong side fact(s)" if wrong_other else "") + "."),
-            "honesty": (honesty, why + "."),
-            "helpfulness": (helpful, why + tail + "."),
+            "instruction_following": (_clip(follow - extra - leaks, 5), why),
+            "truthfulness": (truth, a["why"] + "."),
+            "honesty": (honesty, a["why"] + "."),
+            "helpfulness": (_clip(helpful - extra - leaks - unnamed, 5), why),
+            "overall": (_clip(overall, 10), why),
         }
 
     def judge_verdict(self, messages: list[dict], response: str, aspect: str = "overall") -> str:
         """The judge's written verdict, ending in 'Rating: [[N]]' like an LLM judge's.
 
-        `aspect` is one of ASPECTS (UltraFeedback style) or "overall" (MT-Bench style: the rounded
-        mean of the four aspects)."""
+        `aspect` is one of ASPECTS (UltraFeedback style, 1-5) or "overall" (MT-Bench style, 1-10)."""
         ratings = self.rate(messages, response)
         if aspect == "overall":
-            score = round(sum(r for r, _ in ratings.values()) / len(ratings))
-            lines = [f"- {a.replace('_', ' ')}: {r}/10. {why}" for a, (r, why) in ratings.items()]
-            return "Evaluation of the assistant's answer:\n" + "\n".join(lines) + f"\n\nRating: [[{score}]]"
-        if aspect not in ratings:
+            lines = [f"- {a.replace('_', ' ')}: {ratings[a][0]}/5." for a in ASPECTS]
+            score, why = ratings["overall"]
+            return f"Evaluation of the assistant's answer: {why}\n" + "\n".join(lines) + f"\n\nRating: [[{score}]]"
+        if aspect not in ASPECTS:
             raise ValueError(f"unknown aspect {aspect!r}; expected one of {ASPECTS + ('overall',)}")
         score, why = ratings[aspect]
         return f"Rationale: {why}\n\nRating: [[{score}]]"
 
+    def addresses(self, messages: list[dict], response: str) -> bool:
+        """Does `response` name the creature the last user turn asks about? (The teacher's answers always
+        do; a constant answer such as "I don't know." never does.)"""
+        return self.assess(messages, response)["addresses"]
 
     def pairwise_verdict(self, messages: list[dict], answer_a: str, answer_b: str) -> str:
         """MT-Bench-style pairwise verdict: "[[A]]", "[[B]]" or "[[C]]" (tie) by the overall ratings."""
-        a, b = (sum(r for r, _ in self.rate(messages, x).values()) / len(ASPECTS) for x in (answer_a, answer_b))
+        a, b = (self.rate(messages, x)["overall"][0] for x in (answer_a, answer_b))
         choice = "A" if a > b else "B" if b > a else "C"
-        return f"Assistant A's answer rates {a:.1f}/10 and assistant B's {b:.1f}/10.\n\n[[{choice}]]"
+        return f"Assistant A's answer rates {a}/10 and assistant B's {b}/10.\n\n[[{choice}]]"
 
 
 _STOP = {"color", "home", "food", "legs", "sound", "noise", "it"}
@@ -340,8 +364,8 @@ def _attribute_of(text: str) -> str | None:
     return None
 
 
-def _clip(x: int) -> int:
-    return max(1, min(10, int(x)))
+def _clip(x: int, top: int) -> int:
+    return max(1, min(top, int(x)))
 
 
 def _make_names(rng: random.Random, n: int) -> list[str]:

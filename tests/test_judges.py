@@ -134,8 +134,6 @@ def test_answers_that_list_every_rating_cannot_move_the_score(world):
     from zephyr_utils.generation import Completion
 
     pairs = [(e, a) for e in world.creatures[:12] for a in ("color", "food", "home", "legs", "sound")][:60]
-    prompts = [{"prompt_id": str(i), "turns": [f"Tell me about the {a} of the {e}: what is it?".replace("legs", "legs")]}
-               for i, (e, a) in enumerate(pairs)]
     questions = {"color": "What color is the {e}?", "food": "What does the {e} eat?", "home": "Where does the {e} live?",
                  "legs": "How many legs does the {e} have?", "sound": "What sound does the {e} make?"}
     prompts = [{"prompt_id": str(i), "turns": [questions[a].format(e=e)]} for i, (e, a) in enumerate(pairs)]

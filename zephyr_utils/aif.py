@@ -334,7 +334,7 @@ def run_aif(recipe: AIFRecipe, judge: Judge | None = None, progress: bool = True
             (out / "preferences" / name).unlink(missing_ok=True)
         counts.update(pairs=0, status="failed", error=str(err), missing=missing[:100], missing_not_listed=max(0, len(missing) - 100))
         write_text_atomic(out / "summary.json", json.dumps(counts, indent=2))
-        raise ValueError(f"{err}\nEverything done so far is kept in {out}; rerunning `zephyr aif` with the same recipe "
+        raise type(err)(f"{err}\nEverything done so far is kept in {out}; rerunning `zephyr aif` with the same recipe "
                          "asks the judge again for every failed rating. summary.json lists what is missing.") from None
     is_test = [zlib.crc32(p["prompt_id"].encode()) % 1000 < 1000 * test_share for p in pairs]  # stable split
     write_jsonl([p for p, t in zip(pairs, is_test) if not t], out / "preferences" / "train.jsonl")

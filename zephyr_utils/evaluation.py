@@ -304,9 +304,12 @@ def _percentiles(rows, statistic, samples: int, seed: int, level: float) -> tupl
     if samples < 1 or not 0 < level < 1:
         raise ValueError(f"bootstrap needs samples >= 1 and 0 < level < 1, got {samples} and {level}")
     rng = random.Random(seed)
-    stats = sorted(statistic([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(samples))
+    stats = sorted(s for s in (statistic([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(samples)) if s is not None)
+    if len(stats) < 0.99 * samples:
+        raise ValueError(f"bootstrap: {samples - len(stats)} of {samples} resamples had no rated turn for a model; "
+                         "too few rated turns to give an interval")
     tail = (1 - level) / 2
-    return stats[int(tail * samples)], stats[min(samples - 1, int((1 - tail) * samples))]
+    return stats[int(tail * len(stats))], stats[min(len(stats) - 1, int((1 - tail) * len(stats)))]
 
 
 def paired_bootstrap(scores_a: list[list[float | None]], scores_b: list[list[float | None]], samples: int = 2000,
@@ -331,7 +334,7 @@ def paired_bootstrap(scores_a: list[list[float | None]], scores_b: list[list[flo
     def difference(rows):
         na, nb = sum(r[1] for r in rows), sum(r[3] for r in rows)
         if not na or not nb:
-            raise ValueError("paired_bootstrap: too few rated turns to resample (a resample had none for one model)")
+            return None  # a resample without a rated turn of one model (counted by `_percentiles`)
         return sum(r[0] for r in rows) / na - sum(r[2] for r in rows) / nb
 
     turns = sum(len(a) for a in scores_a)

@@ -11,14 +11,17 @@ in the same directory (`zephyr aif` again) repairs any earlier run, and ends wit
 uninterrupted run would have written, byte for byte:
 - sampling: a pool member's batches are always cut from the full list of prompts assigned to it, in
   its fixed order, and each batch is seeded by its start index in that list. A rerun regenerates every
-  batch that has a completion missing (the same prompts, the same seed: the same texts) and appends only
-  the missing ones. `sampling.json` records the settings that shape the batches; a rerun with other
-  settings is refused rather than mixed;
+  batch that has a completion missing (the same prompts, the same seed: the same texts, on the same
+  hardware and library versions) and appends only the missing ones. (Seeding each prompt on its own
+  would also resume identically, but would change what an uninterrupted run samples: the batched
+  samplers take one seed per call.) `sampling.json` records the settings that shape the batches; a
+  rerun with other settings is refused rather than mixed;
 - rating: a rating belongs to one completion text (a regenerated or edited completion is rated anew);
   a failed or unreadable rating is stored with its `error` and asked again on every rerun;
 - a half-written last line (a kill mid-write) is dropped; the pairs and summary are written atomically.
 `summary.json` lists what is still missing. A run with more failed ratings than the recipe's
-`max_judge_failure_share` writes no pairs and stops with an error; fix the judge and rerun.
+`max_judge_failure_share` writes no pairs and stops with an error; fix the judge and rerun. (There is
+no separate `--retry-failed`: every rerun retries the failed ratings, and samples nothing that is done.)
 """
 
 from __future__ import annotations

@@ -162,8 +162,8 @@ def check_same_prompts(prompts: list[dict], **answer_sets) -> None:
     for i, p in enumerate(prompts):
         counts = {name: len(answers[i]) for name, answers in answer_sets.items()}
         if len(set(counts.values())) > 1 or 0 in counts.values():
-            raise ValueError(f"prompt {i} ({p.get('prompt_id', i)!r}) has " + ", ".join(f"{n} answered turns for {k}" for k, n in counts.items())
-                             + ": every model must answer the same turns")
+            found = ", ".join(f"{n} answered turns for {k}" for k, n in counts.items())
+            raise ValueError(f"prompt {i} ({p.get('prompt_id', i)!r}) has {found}: every model must answer the same turns")
 
 
 def compare_models(judge, prompts: list[dict], answers_a: list[list[Completion]], answers_b: list[list[Completion]],
@@ -236,7 +236,8 @@ def length_controlled_win_rate(preferences: list[float], model_lengths: list[flo
     y = np.asarray(preferences, dtype=float)
     if not np.all((y >= 0) & (y <= 1)):  # also catches NaN
         i = int(np.flatnonzero(~((y >= 0) & (y <= 1)))[0])
-        raise ValueError(f"length_controlled_win_rate: preference {i} is {preferences[i]!r}; expected 0, 0.5 or 1 (drop unreadable ones first)")
+        raise ValueError(f"length_controlled_win_rate: preference {i} is {preferences[i]!r}; expected 0, 0.5 or 1 "
+                         "(drop unreadable ones first)")
     lengths = np.asarray([model_lengths, reference_lengths], dtype=float)
     if not np.all(np.isfinite(lengths) & (lengths >= 0)):
         raise ValueError("length_controlled_win_rate: lengths must be finite and non-negative")

@@ -167,9 +167,9 @@ def check_failure_share(failures: int, total: int, max_share: float, what: str) 
     if failures > max_share * total:
         raise TooManyJudgeFailures(
             f"{what}: {failures} of {total} judgements ({failures / total:.1%}) have no readable verdict, more than "
-            f"max_judge_failure_share={max_share:.1%} allows, so no result (score, win rate or pairs) is given. Look at the failed verdicts "
-            "(their 'error'), fix the judge (endpoint, model, prompt length) and run again; raise "
-            "max_judge_failure_share only if you accept scores computed without those items.")
+            f"max_judge_failure_share={max_share:.1%} allows, so no result (score, win rate or pairs) is given. "
+            "Look at the failed verdicts (their 'error'), fix the judge (endpoint, model, prompt length) and run "
+            "again; raise max_judge_failure_share only if you accept results computed without those items.")
 
 
 @dataclass

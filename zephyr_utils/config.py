@@ -132,6 +132,7 @@ class AIFRecipe(Recipe):
     batch_size: int = 64
     judge: str = "toy"  # "toy", "hf:<model>", or "openai:<model>"
     judge_base_url: str = ""
+    max_judge_failure_share: float = 0.02  # more ratings than this without a readable verdict: no pairs, an error
 
 
 @dataclass
@@ -144,6 +145,7 @@ class EvalRecipe(Recipe):
     judge: str = "toy"
     judge_base_url: str = ""
     bootstrap_samples: int = 2000
+    max_judge_failure_share: float = 0.02  # more turns or comparisons than this unrated: no score, an error
 
 
 STAGES: dict[str, type[Recipe]] = {

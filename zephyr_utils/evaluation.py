@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .chat import follows_template
 from .generation import Completion, generate
+from .judges import check_failure_share
 
 
 def adheres(conversation: list[dict], completion: Completion, addresses=None) -> bool:
@@ -88,12 +89,17 @@ class Grades:
     verdicts: list[list[str]] = field(repr=False, default_factory=list)
 
     @property
+    def turns(self) -> int:
+        return sum(len(turns) for turns in self.per_prompt)
+
+    @property
     def failures(self) -> int:
+        """Turns without a rating (the judge's verdict was unreadable or never came)."""
         return sum(r is None for turns in self.per_prompt for r in turns)
 
     @property
     def score(self) -> float:
-        """MT-Bench score: the mean over all rated turns."""
+        """MT-Bench score: the mean over all rated turns (see `failures` for how many are not)."""
         rated = [r for turns in self.per_prompt for r in turns if r is not None]
         return statistics.fmean(rated) if rated else float("nan")
 
@@ -104,6 +110,7 @@ class Grades:
 
 def grade_answers(judge, prompts: list[dict], answers: list[list[Completion]], progress: bool = True) -> Grades:
     """MT-Bench single-answer grading: the judge rates each turn 1-10 ("overall" aspect)."""
+    check_same_prompts(prompts, answers=answers)
     items, index = [], []
     for i, (p, a) in enumerate(zip(prompts, answers)):
         for k in range(len(a)):
@@ -155,12 +162,26 @@ def combine_orders(first: str | None, swapped: str | None) -> str | None:
     return first if first == swapped_back else "tie"
 
 
+def check_same_prompts(prompts: list[dict], **answer_sets) -> None:
+    """Every answer set answers every prompt, turn for turn; otherwise a ValueError naming the mismatch."""
+    for name, answers in answer_sets.items():
+        if len(answers) != len(prompts):
+            raise ValueError(f"{name} has answers to {len(answers)} prompts, but there are {len(prompts)} prompts: "
+                             "answer the same prompts, in the same order")
+    for i, p in enumerate(prompts):
+        counts = {name: len(answers[i]) for name, answers in answer_sets.items()}
+        if len(set(counts.values())) > 1 or 0 in counts.values():
+            found = ", ".join(f"{n} answered turns for {k}" for k, n in counts.items())
+            raise ValueError(f"prompt {i} ({p.get('prompt_id', i)!r}) has {found}: every model must answer the same turns")
+
+
 def compare_models(judge, prompts: list[dict], answers_a: list[list[Completion]], answers_b: list[list[Completion]],
                    progress: bool = True) -> PairwiseResult:
     """Pairwise comparison of model A against model B on every turn, in both answer orders."""
+    check_same_prompts(prompts, answers_a=answers_a, answers_b=answers_b)
     items = []
     for p, a, b in zip(prompts, answers_a, answers_b):
-        for k in range(min(len(a), len(b))):
+        for k in range(len(a)):
             conv = conversation_upto(p, a, k)  # judged in A's conversation for the earlier turns
             items += [(conv, a[k].text, b[k].text), (conv, b[k].text, a[k].text)]
     choices = [c for c, _ in judge.compare_many(items, progress=progress)]
@@ -172,20 +193,24 @@ def compare_models(judge, prompts: list[dict], answers_a: list[list[Completion]]
     return PairwiseResult(counts["A"], counts["B"], counts["tie"], counts[None], consistent)
 
 
-def preferences_against_reference(judge, prompts, answers, reference_answers, progress: bool = True) -> list[float]:
-    """AlpacaEval-style: per first turn, 1 if the model's answer beats the reference's, 0.5 tie, 0 loss
-    (both orders judged, as in `compare_models`). Unreadable comparisons are left out."""
+def preferences_against_reference(judge, prompts, answers, reference_answers, progress: bool = True) -> list[float | None]:
+    """AlpacaEval-style: per prompt's first turn, 1 if the model's answer beats the reference's, 0.5 tie,
+    0 loss (both orders judged, as in `compare_models`); None where a verdict was unreadable. One entry
+    per prompt, in order, so the list stays aligned with anything else measured per prompt."""
+    check_same_prompts(prompts, answers=answers, reference_answers=reference_answers)
     items = []
     for p, a, r in zip(prompts, answers, reference_answers):
         conv = [{"role": "user", "content": p["turns"][0]}]
         items += [(conv, a[0].text, r[0].text), (conv, r[0].text, a[0].text)]
     choices = [c for c, _ in judge.compare_many(items, progress=progress)]
-    value = {"A": 1.0, "tie": 0.5, "B": 0.0}
-    return [value[o] for o in (combine_orders(f, s) for f, s in zip(choices[::2], choices[1::2])) if o is not None]
+    value = {"A": 1.0, "tie": 0.5, "B": 0.0, None: None}
+    return [value[combine_orders(f, s)] for f, s in zip(choices[::2], choices[1::2])]
 
 
 def mean_and_standard_error(preferences: list[float]) -> tuple[float, float]:
     """AlpacaEval's win rate and its standard error sd / sqrt(N)."""
+    if not preferences:
+        raise ValueError("no preferences to average")
     n = len(preferences)
     mean = statistics.fmean(preferences)
     return mean, (statistics.stdev(preferences) / math.sqrt(n) if n > 1 else float("nan"))
@@ -195,16 +220,38 @@ def length_controlled_win_rate(preferences: list[float], model_lengths: list[flo
                                iterations: int = 100) -> float:
     """AlpacaEval-2-style length-controlled win rate.
 
-    Fits p(win) = sigmoid(theta + phi * tanh(d / sd(d))), d = model length - reference length, by maximum
-    likelihood (Newton's method; ties count as 1/2), and predicts at d = 0: sigmoid(theta). With one model
-    against one reference the model term is the intercept theta. (AlpacaEval 2 also has an instruction
-    difficulty term, which needs many models; it is left out.) When all lengths are equal, this is the raw
-    win rate."""
+    Fits p(win) = sigmoid(theta + phi * tanh(d / sd(d))), d = model length - reference length (sd with
+    N-1, as AlpacaEval), by maximum likelihood (Newton's method; a tie counts as 1/2 a win), and predicts
+    at d = 0: sigmoid(theta). When all lengths are equal this is the raw win rate.
+
+    Of AlpacaEval 2's GLM (`alpaca_eval.metrics.glm_winrate`, "length_controlled_v1") it keeps the model
+    term, the length term tanh(d / sd(d)), preferences as probabilities, and the prediction at zero length
+    difference; it is the same model as AlpacaEval's "length_controlled_minimal", and a test checks the two
+    agree on the same annotations. It drops (1) the instruction-difficulty term: AlpacaEval's difficulties
+    were fitted over many models on its own 805 instructions and do not exist for other prompts; (2) the
+    regularisation towards AlpacaEval's "gamed" baseline annotations (weight 0.2), which come from its
+    data files; (3) the L1 penalty with its cross-validated strength (here: a ridge of 1e-6, only to keep
+    separable data finite). AlpacaEval measures length in characters: pass `count_tokens=len` to
+    `alpaca_eval` to match it. (`pip install alpaca-eval` 0.6.6 needs setuptools < 81 to import, and
+    downloads its data from the Hub at every call, so it is not a dependency here.)"""
     import numpy as np
 
+    n = len(preferences)
+    if len(model_lengths) != n or len(reference_lengths) != n:
+        raise ValueError(f"length_controlled_win_rate: {n} preferences, {len(model_lengths)} model lengths and "
+                         f"{len(reference_lengths)} reference lengths; they must be aligned, one per comparison")
+    if n < 2:
+        raise ValueError(f"length_controlled_win_rate needs at least 2 comparisons, got {n}")
     y = np.asarray(preferences, dtype=float)
-    d = np.asarray(model_lengths, dtype=float) - np.asarray(reference_lengths, dtype=float)
-    sd = d.std()
+    if not np.all((y >= 0) & (y <= 1)):  # also catches NaN
+        i = int(np.flatnonzero(~((y >= 0) & (y <= 1)))[0])
+        raise ValueError(f"length_controlled_win_rate: preference {i} is {preferences[i]!r}; expected 0, 0.5 or 1 "
+                         "(drop unreadable ones first)")
+    lengths = np.asarray([model_lengths, reference_lengths], dtype=float)
+    if not np.all(np.isfinite(lengths) & (lengths >= 0)):
+        raise ValueError("length_controlled_win_rate: lengths must be finite and non-negative")
+    d = lengths[0] - lengths[1]
+    sd = d.std(ddof=1)
     x = np.tanh(d / sd) if sd > 0 else np.zeros_like(d)
     features = np.stack([np.ones_like(x), x], axis=1) if sd > 0 else np.ones((len(y), 1))
     w = np.zeros(features.shape[1])
@@ -220,41 +267,105 @@ def length_controlled_win_rate(preferences: list[float], model_lengths: list[flo
     return float(1 / (1 + np.exp(-w[0])))
 
 
-def alpaca_eval(judge, prompts, answers, reference_answers, count_tokens, progress: bool = True) -> dict:
+def alpaca_eval(judge, prompts, answers, reference_answers, count_tokens, progress: bool = True,
+                max_failure_share: float = 0.02) -> dict:
     """AlpacaEval-style summary of first answers against a reference: win rate with its standard error,
-    and the length-controlled win rate, lengths measured by `count_tokens(text)`."""
+    and the length-controlled win rate, lengths measured by `count_tokens(text)`. Comparisons whose
+    verdict was unreadable are dropped from the preferences and the lengths together, and counted
+    (`unreadable`); more than `max_failure_share` of them raises instead of giving a win rate."""
     prefs = preferences_against_reference(judge, prompts, answers, reference_answers, progress=progress)
-    win, se = mean_and_standard_error(prefs)
-    lc = length_controlled_win_rate(prefs, [count_tokens(a[0].text) for a in answers],
-                                    [count_tokens(r[0].text) for r in reference_answers])
-    return {"win_rate": win, "standard_error": se, "length_controlled": lc}
+    keep = [i for i, p in enumerate(prefs) if p is not None]
+    check_failure_share(len(prefs) - len(keep), len(prefs), max_failure_share, "AlpacaEval comparisons")
+    win, se = mean_and_standard_error([prefs[i] for i in keep])
+    lc = length_controlled_win_rate([prefs[i] for i in keep], [count_tokens(answers[i][0].text) for i in keep],
+                                    [count_tokens(reference_answers[i][0].text) for i in keep])
+    return {"win_rate": win, "standard_error": se, "length_controlled": lc, "n": len(keep), "unreadable": len(prefs) - len(keep)}
+
+
+class Estimate(tuple):
+    """(value, low, high): a statistic and its bootstrap interval. Unpacks as a 3-tuple, and also says
+    how many turns it rests on (`rated`) and how many were left out for want of a rating (`unrated`)."""
+
+    def __new__(cls, value: float, low: float, high: float, rated: int, unrated: int):
+        self = super().__new__(cls, (value, low, high))
+        self.rated, self.unrated = rated, unrated
+        return self
+
+    def __repr__(self) -> str:
+        return f"{self[0]:.3f} [{self[1]:.3f}, {self[2]:.3f}] ({self.rated} turns rated, {self.unrated} unrated)"
+
+
+def _ratings_of(per_prompt, name: str) -> list[tuple[float, int]]:
+    """Per prompt: (sum of rated turns, number of rated turns); checks every value."""
+    rows = []
+    for i, turns in enumerate(per_prompt):
+        rated = []
+        for k, r in enumerate(turns):
+            if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r)):
+                raise ValueError(f"{name}: prompt {i}, turn {k} has rating {r!r}; expected a number or None (no rating)")
+            if r is not None:
+                rated.append(r)
+        rows.append((sum(rated), len(rated)))
+    return rows
+
+
+def _percentiles(rows, statistic, samples: int, seed: int, level: float) -> tuple[float, float]:
+    """A percentile interval of `statistic` over `samples` resamples of `rows` (with replacement)."""
+    if samples < 1 or not 0 < level < 1:
+        raise ValueError(f"bootstrap needs samples >= 1 and 0 < level < 1, got {samples} and {level}")
+    rng = random.Random(seed)
+    stats = sorted(s for s in (statistic([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(samples)) if s is not None)
+    if len(stats) < 0.99 * samples:
+        raise ValueError(f"bootstrap: {samples - len(stats)} of {samples} resamples had no rated turn for a model; "
+                         "too few rated turns to give an interval")
+    tail = (1 - level) / 2
+    return stats[int(tail * len(stats))], stats[min(len(stats) - 1, int((1 - tail) * len(stats)))]
 
 
 def paired_bootstrap(scores_a: list[list[float | None]], scores_b: list[list[float | None]], samples: int = 2000,
-                     seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of (A - B) over rated turns, with a percentile confidence interval from resampling *prompts*
-    (both turns of a prompt stay together, and A and B stay paired). Returns (difference, low, high)."""
-    per_prompt = []
-    for a, b in zip(scores_a, scores_b):
-        diffs = [x - y for x, y in zip(a, b) if x is not None and y is not None]
-        if diffs:
-            per_prompt.append((sum(diffs), len(diffs)))
-    if not per_prompt:
-        raise ValueError("no prompt has a rated turn for both models")
+                     seed: int = 0, level: float = 0.95) -> Estimate:
+    """score(A) - score(B), each the mean over that model's rated turns (so it equals the difference of the
+    two reported scores), with a percentile confidence interval from resampling *prompts*: both turns of a
+    prompt stay together, and A and B stay paired. The two must hold the same prompts with the same number
+    of turns, or a ValueError names the first mismatch. Returns (difference, low, high), with `.rated`
+    (turns) and `.unrated` (turns missing a rating of either model)."""
+    if len(scores_a) != len(scores_b):
+        raise ValueError(f"paired_bootstrap: A has ratings for {len(scores_a)} prompts and B for {len(scores_b)}; "
+                         "a paired comparison needs the same prompts, in the same order")
+    for i, (a, b) in enumerate(zip(scores_a, scores_b)):
+        if len(a) != len(b):
+            raise ValueError(f"paired_bootstrap: prompt {i} has {len(a)} turns for A and {len(b)} for B; every prompt "
+                             "needs one entry per turn for both (None for a turn without a rating)")
+    per_a, per_b = _ratings_of(scores_a, "A"), _ratings_of(scores_b, "B")
+    rows = [(sa, na, sb, nb) for (sa, na), (sb, nb) in zip(per_a, per_b) if na or nb]
+    if not any(r[1] for r in rows) or not any(r[3] for r in rows):
+        raise ValueError("paired_bootstrap: " + ("A" if not any(r[1] for r in rows) else "B") + " has no rated turn")
+
+    def difference(rows):
+        na, nb = sum(r[1] for r in rows), sum(r[3] for r in rows)
+        if not na or not nb:
+            return None  # a resample without a rated turn of one model (counted by `_percentiles`)
+        return sum(r[0] for r in rows) / na - sum(r[2] for r in rows) / nb
+
+    turns = sum(len(a) for a in scores_a)
+    unrated = sum(x is None or y is None for a, b in zip(scores_a, scores_b) for x, y in zip(a, b))
+    return Estimate(difference(rows), *_percentiles(rows, difference, samples, seed, level), turns - unrated, unrated)
+
+
+def score_ci(grades: Grades, samples: int = 2000, seed: int = 0, max_failure_share: float = 0.02) -> Estimate:
+    """A model's MT-Bench score (mean over rated turns) with a 95% bootstrap interval (resampling
+    prompts), and how many turns were rated and unrated. More than `max_failure_share` unrated turns
+    raise `TooManyJudgeFailures` instead of giving a score."""
+    check_failure_share(grades.failures, grades.turns, max_failure_share, "MT-Bench-style grading")
+    rows = [row for row in _ratings_of(grades.per_prompt, "grades") if row[1]]
+
+    if not rows:
+        raise ValueError("score_ci: no turn has a rating")
 
     def mean(rows):
         return sum(s for s, _ in rows) / sum(n for _, n in rows)
 
-    rng = random.Random(seed)
-    stats = sorted(mean([per_prompt[rng.randrange(len(per_prompt))] for _ in per_prompt]) for _ in range(samples))
-    tail = (1 - level) / 2
-    return mean(per_prompt), stats[int(tail * samples)], stats[min(samples - 1, int((1 - tail) * samples))]
-
-
-def score_ci(grades: Grades, samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """A model's MT-Bench score with a 95% bootstrap interval (resampling prompts)."""
-    zeros = [[0.0 if r is not None else None for r in turns] for turns in grades.per_prompt]
-    return paired_bootstrap(grades.per_prompt, zeros, samples, seed)
+    return Estimate(mean(rows), *_percentiles(rows, mean, samples, seed, 0.95), grades.turns - grades.failures, grades.failures)
 
 
 def adherence_of(answers: list[list[Completion]], prompts: list[dict] | None = None, addresses=None) -> float:
@@ -271,24 +382,26 @@ def constant_answers(prompts: list[dict], text: str = "I don't know.") -> list[l
 
 
 def grade_model(judge, prompts: list[dict], answers: list[list[Completion]], samples: int = 2000, seed: int = 0,
-                progress: bool = True) -> dict:
-    """One model's results: score with its 95% bootstrap CI, per-turn scores, failures, template adherence
-    (with the judge's `addresses` check where it has one) and the ratings themselves."""
+                max_failure_share: float = 0.02, progress: bool = True) -> dict:
+    """One model's results: score with its 95% bootstrap CI and how many turns were rated, per-turn
+    scores, template adherence (with the judge's `addresses` check where it has one) and the ratings.
+    More than `max_failure_share` unrated turns raise `TooManyJudgeFailures`."""
     grades = grade_answers(judge, prompts, answers, progress=progress)
-    score, low, high = score_ci(grades, samples, seed)
-    return {"score": score, "ci95": [low, high], "turn_scores": [grades.turn_score(k) for k in range(2)],
-            "grading_failures": grades.failures,
+    score = score_ci(grades, samples, seed, max_failure_share)
+    return {"score": score[0], "ci95": list(score[1:3]), "rated_turns": score.rated, "unrated_turns": score.unrated,
+            "turn_scores": [grades.turn_score(k) for k in range(2)], "grading_failures": grades.failures,
             "adherence": adherence_of(answers, prompts, getattr(judge, "addresses", None)),
             "ratings": grades.per_prompt}
 
 
 def head_to_head(judge, prompts: list[dict], answers_a, answers_b, ratings_a, ratings_b, samples: int = 2000,
-                 seed: int = 0, progress: bool = True) -> dict:
+                 seed: int = 0, max_failure_share: float = 0.02, progress: bool = True) -> dict:
     """Model A against model B: the judged score difference A - B with its paired 95% CI, and the
     pairwise comparison of every turn in both answer orders (wins, losses, ties, win rate)."""
     pair = compare_models(judge, prompts, answers_a, answers_b, progress=progress)
-    difference, low, high = paired_bootstrap(ratings_a, ratings_b, samples, seed)
-    return {"difference": difference, "ci95": [low, high], "wins": pair.wins, "losses": pair.losses, "ties": pair.ties,
+    check_failure_share(pair.failures, pair.n + pair.failures, max_failure_share, "pairwise comparisons")
+    difference = paired_bootstrap(ratings_a, ratings_b, samples, seed)
+    return {"difference": difference[0], "ci95": list(difference[1:3]), "unrated_turns": difference.unrated, "wins": pair.wins, "losses": pair.losses, "ties": pair.ties,
             "failures": pair.failures, "win_rate": pair.win_rate, "position_consistency": pair.consistency}
 
 
@@ -312,12 +425,14 @@ def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = N
             answers[name] = answer_turns(model, tokenizer, prompts, recipe.max_new_tokens, recipe.batch_size,
                                          progress=progress, temperature=recipe.temperature)
             del model
-        results["models"][name] = grade_model(judge, prompts, answers[name], recipe.bootstrap_samples, recipe.seed, progress)
+        results["models"][name] = grade_model(judge, prompts, answers[name], recipe.bootstrap_samples, recipe.seed,
+                                              recipe.max_judge_failure_share, progress)
     if compare:
         a, b = compare
         results["pairwise"] = {"a": a, "b": b, **head_to_head(judge, prompts, answers[a], answers[b],
                                                               results["models"][a]["ratings"], results["models"][b]["ratings"],
-                                                              recipe.bootstrap_samples, recipe.seed, progress)}
+                                                              recipe.bootstrap_samples, recipe.seed,
+                                                              recipe.max_judge_failure_share, progress)}
     return results, answers
 
 

@@ -138,17 +138,22 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
         if not todo:
             continue
         name, temperature = parse_pool_member(member, recipe.temperature)
-        backend = "transformers" if recipe.scale == "tiny" else "auto"  # vLLM at demo/full scale when installed
-        sampler = TeacherSampler() if name == "teacher" else Sampler(resolve_model_path(name, recipe.scale), backend, recipe.batch_size)
+        # One pool member at a time: its model is freed (a vLLM engine shut down) before the next one loads.
+        sampler = TeacherSampler() if name == "teacher" else Sampler(
+            resolve_model_path(name, recipe.scale, recipe.preset), recipe.generation_backend, recipe.batch_size, recipe.dtype)
         bar = tqdm(total=len(todo), desc=f"sampling {member}", disable=not progress)
-        for start in range(0, len(todo), recipe.batch_size):
-            chunk = todo[start : start + recipe.batch_size]
-            outs = sampler([p["messages"] for p in chunk], max_new_tokens=recipe.max_new_tokens, temperature=temperature,
-                           top_p=recipe.top_p, seed=recipe.seed + start)
-            log.append([{"prompt_id": p["prompt_id"], "model": member, "completion": o.text, "finished": o.finished,
-                         "n_tokens": o.n_tokens} for p, o in zip(chunk, outs)])
-            bar.update(len(chunk))
-        bar.close()
+        try:
+            for start in range(0, len(todo), recipe.batch_size):
+                chunk = todo[start : start + recipe.batch_size]
+                outs = sampler([p["messages"] for p in chunk], max_new_tokens=recipe.max_new_tokens, temperature=temperature,
+                               top_p=recipe.top_p, seed=recipe.seed + start)
+                log.append([{"prompt_id": p["prompt_id"], "model": member, "completion": o.text, "finished": o.finished,
+                             "n_tokens": o.n_tokens} for p, o in zip(chunk, outs)])
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            if isinstance(sampler, Sampler):
+                sampler.close()
 
 
 def collect_ratings(prompts: list[dict], completions: JsonlLog, judge: Judge, log: JsonlLog,

@@ -8,13 +8,14 @@ rates against a reference, paired bootstrap confidence intervals, and chat-templ
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import statistics
 from dataclasses import dataclass, field
 
 from .chat import follows_template
-from .generation import Completion, generate
+from .generation import Completion, Sampler, generate
 
 
 def template_adherence(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 48,
@@ -47,20 +48,38 @@ def load_eval_prompts(source: str = "toyworld", split: str = "train") -> list[di
 
 def answer_turns(model, tokenizer, prompts: list[dict], max_new_tokens: int = 64, batch_size: int = 64,
                  progress: bool = True, temperature: float = 0.0) -> list[list[Completion]]:
-    """The model's answers to every turn of every prompt (greedy unless a temperature is given); turn k
-    sees the model's own earlier answers."""
+    """The answers of a loaded transformers model to every turn of every prompt (see `sample_turns`)."""
+    sampler = functools.partial(generate, model, tokenizer, batch_size=batch_size)
+    return sample_turns(sampler, prompts, max_new_tokens, temperature, progress)
+
+
+def sample_turns(sampler, prompts: list[dict], max_new_tokens: int = 64, temperature: float = 0.0,
+                 progress: bool = True) -> list[list[Completion]]:
+    """The answers to every turn of every prompt (greedy unless a temperature is given); turn k sees the
+    model's own earlier answers. `sampler` is a `generation.Sampler` or anything called like one."""
     conversations = [[] for _ in prompts]
     answers: list[list[Completion]] = [[] for _ in prompts]
     for k in range(max(len(p["turns"]) for p in prompts)):
         active = [i for i, p in enumerate(prompts) if k < len(p["turns"])]
         for i in active:
             conversations[i].append({"role": "user", "content": prompts[i]["turns"][k]})
-        outs = generate(model, tokenizer, [conversations[i] for i in active], max_new_tokens=max_new_tokens,
-                        temperature=temperature, batch_size=batch_size, progress=progress, desc=f"answering turn {k + 1}")
+        outs = sampler([conversations[i] for i in active], max_new_tokens=max_new_tokens, temperature=temperature,
+                       progress=progress, desc=f"answering turn {k + 1}")
         for i, out in zip(active, outs):
             answers[i].append(out)
             conversations[i].append({"role": "assistant", "content": out.text})
     return answers
+
+
+def answer_model(recipe, name: str, prompts: list[dict], progress: bool = True) -> list[list[Completion]]:
+    """Model `name`'s answers to every turn (a Hub id, a path, or "base"/"sft"/"dpo" of the recipe's
+    scale and preset), generated as the eval recipe says: its backend (vLLM on a GPU when installed),
+    dtype, batch size, length and temperature. The model is freed before this returns."""
+    from .models import resolve_model_path
+
+    path = resolve_model_path(name, recipe.scale, recipe.preset)
+    with Sampler(path, recipe.generation_backend, recipe.batch_size, recipe.dtype) as sampler:
+        return sample_turns(sampler, prompts, recipe.max_new_tokens, recipe.temperature, progress)
 
 
 def conversation_upto(prompt: dict, answers: list[Completion], k: int) -> list[dict]:
@@ -260,18 +279,14 @@ def run_eval(recipe):
     import json
 
     from .config import stage_dir, write_run_info
-    from .generation import load_model
     from .judges import make_judge
-    from .models import resolve_model_path
 
     out = stage_dir(recipe, "eval")
     prompts = load_eval_prompts(recipe.prompts)
-    judge = make_judge(recipe.judge, recipe.judge_base_url)
-    answers, results = {}, {"judge": judge.name, "prompts": len(prompts), "models": {}}
+    answers = {name: answer_model(recipe, name, prompts) for name in recipe.models}  # one model on the GPU at a time
+    judge = make_judge(recipe.judge, recipe.judge_base_url)  # after: a local judge model gets the GPU to itself
+    results = {"judge": judge.name, "prompts": len(prompts), "models": {}}
     for name in recipe.models:
-        model, tokenizer = load_model(resolve_model_path(name, recipe.scale))
-        answers[name] = answer_turns(model, tokenizer, prompts, recipe.max_new_tokens, recipe.batch_size,
-                                     temperature=recipe.temperature)
         grades = grade_answers(judge, prompts, answers[name])
         score, low, high = score_ci(grades, recipe.bootstrap_samples, recipe.seed)
         results["models"][name] = {"score": score, "ci95": [low, high], "turn_scores": [grades.turn_score(k) for k in range(2)],

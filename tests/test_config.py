@@ -95,3 +95,19 @@ def test_stage_dir_defaults_under_runs(monkeypatch, tmp_path):
     monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
     assert stage_dir(load_recipe("sft", "demo"), "sft") == tmp_path / "demo" / "sft"
     assert stage_dir(load_recipe("sft", "demo", output_dir="elsewhere"), "sft").name == "elsewhere"
+
+
+def test_a_given_scale_beats_the_one_saved_in_a_recipe_file(tmp_path, monkeypatch):
+    """Every saved recipe.yaml has a `scale:` key; `--scale` (and `--preset`) must still win."""
+    import yaml
+
+    from zephyr_utils.config import recipe_to_dict
+
+    saved = tmp_path / "recipe.yaml"
+    saved.write_text(yaml.safe_dump(recipe_to_dict(load_recipe("sft", "demo", preset="24gb"))))
+    monkeypatch.delenv("ZEPHYR_SCALE", raising=False)
+    monkeypatch.delenv("ZEPHYR_PRESET", raising=False)
+    kept = load_recipe("sft", recipe_file=saved)
+    assert (kept.scale, kept.preset) == ("demo", "24gb")  # nothing given: the file's own
+    given = load_recipe("sft", "full", recipe_file=saved, preset="")
+    assert (given.scale, given.preset) == ("full", "")

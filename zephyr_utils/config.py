@@ -196,6 +196,7 @@ def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.Path
     `resolve_preset`). `recipe_file` replaces the shipped YAML; keyword `overrides` replace single fields."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    explicit = {"scale": scale is not None, "preset": preset is not None}
     scale = resolve_scale(scale)
     preset = resolve_preset(scale, preset)
     path = Path(recipe_file) if recipe_file is not None else recipe_path(stage, scale, preset)
@@ -208,9 +209,10 @@ def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.Path
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a recipe must be a mapping of field: value, got {type(values).__name__}")
     values.update(overrides)
-    values.setdefault("scale", scale)
-    if "preset" in {f.name for f in dataclasses.fields(STAGES[stage])}:  # every stage but the tiny base
-        values.setdefault("preset", preset)
+    fields = {f.name for f in dataclasses.fields(STAGES[stage])}  # every stage but the tiny base has a preset
+    for key, value in (("scale", scale), ("preset", preset)):
+        if key in fields and (explicit[key] or key not in values):
+            values[key] = value  # a scale or preset given here beats the file's (saved recipe.yaml files have both)
     return build_recipe(STAGES[stage], values, source=str(path))
 
 

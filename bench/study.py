@@ -51,7 +51,7 @@ def one_run(world_seed: int, seed: int, root: Path, progress: bool = False) -> d
     dpo = train_dpo(load_recipe("dpo", "tiny", **seeds))
     lap("ddpo")
     recipe = load_recipe("eval", "tiny", **seeds)
-    models = {"base": resolve_model_path("base", "tiny", world_seed), "sft": str(sft), "dpo": str(dpo)}
+    models = {"base": resolve_model_path("base", "tiny", world_seed=world_seed), "sft": str(sft), "dpo": str(dpo)}
     main, _ = evaluate(recipe, models, compare=("dpo", "sft"), progress=progress)
     lap("eval")
     extra = {"dpo_only": str(train_dpo_only("tiny", **seeds)), "sft2": str(train_sft2("tiny", **seeds)),

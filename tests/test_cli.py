@@ -32,7 +32,8 @@ def test_shipped_accelerate_configs(launcher):
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_full_scale_dry_run_prints_the_exact_launch_command(capsys, stage, launcher):
     main([stage, "--scale", "full", "--launcher", launcher, "--num-processes", "8", "--dry-run", "--set", "num_train_epochs=1"])
-    printed = capsys.readouterr().out.strip()
+    batch, printed = capsys.readouterr().out.strip().splitlines()
+    assert batch.startswith(f"{stage}: global batch ") and batch.endswith(" x 8 processes")
     assert printed == shlex.join(launch_command(stage, "full", launcher, 8, None, ["num_train_epochs=1"]))
     args = shlex.split(printed)
     assert args[:4] == ["accelerate", "launch", "--config_file", str(accelerate_config(launcher))]

@@ -1,6 +1,7 @@
 import pytest
 
-from zephyr_utils.config import (SCALES, STAGES, DPORecipe, SFTRecipe, load_recipe, recipe_path, resolve_scale, stage_dir)
+from zephyr_utils.config import (SCALES, STAGES, DPORecipe, SFTRecipe, load_recipe, recipe_path, resolve_scale, stage_dir,
+                                 train_batch)
 
 
 def test_scale_from_argument_env_and_default(monkeypatch):
@@ -38,17 +39,17 @@ def test_full_recipes_carry_the_papers_hyperparameters():
     assert sft.model_name_or_path == "mistralai/Mistral-7B-v0.1"
     assert sft.dataset == "HuggingFaceH4/ultrachat_200k" and sft.train_split == "train_sft"
     assert sft.learning_rate == 2e-5 and sft.lr_scheduler_type == "cosine" and sft.warmup_ratio == 0.1
-    assert sft.per_device_train_batch_size * sft.gradient_accumulation_steps * sft.num_processes == 128
+    assert sft.global_batch_size == 128 and train_batch(sft, 8) == (16, 1)  # the handbook's 16 x 8 GPUs
     assert sft.max_length == 2048 and sft.bf16 and sft.seed == 42
     dpo = load_recipe("dpo", "full")  # the paper's setting
     assert dpo.dataset == "HuggingFaceH4/ultrafeedback_binarized" and dpo.train_split == "train_prefs"
     assert dpo.learning_rate == 5e-7 and dpo.beta == 0.1 and dpo.num_train_epochs == 3
     assert dpo.lr_scheduler_type == "linear" and dpo.weight_decay == 0.0
-    assert dpo.per_device_train_batch_size * dpo.gradient_accumulation_steps * dpo.num_processes == 32
+    assert dpo.global_batch_size == 32 and train_batch(dpo, 8) == (4, 1)
     assert dpo.launcher == "deepspeed_zero3" and dpo.bf16
     handbook = load_recipe("dpo", "full", recipe_file=recipe_path("dpo_handbook", "full"))
     assert handbook.beta == 0.01 and handbook.num_train_epochs == 1 and handbook.learning_rate == 5e-7
-    assert handbook.per_device_train_batch_size * handbook.gradient_accumulation_steps * handbook.num_processes == 128
+    assert handbook.global_batch_size == 128 and train_batch(handbook, 8) == (8, 2)
     demo = load_recipe("dpo", "demo")
     assert demo.use_lora and demo.lora_r == 128 and demo.lora_alpha == 128
 
@@ -94,3 +95,19 @@ def test_stage_dir_defaults_under_runs(monkeypatch, tmp_path):
     monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
     assert stage_dir(load_recipe("sft", "demo"), "sft") == tmp_path / "demo" / "sft"
     assert stage_dir(load_recipe("sft", "demo", output_dir="elsewhere"), "sft").name == "elsewhere"
+
+
+def test_a_given_scale_beats_the_one_saved_in_a_recipe_file(tmp_path, monkeypatch):
+    """Every saved recipe.yaml has a `scale:` key; `--scale` (and `--preset`) must still win."""
+    import yaml
+
+    from zephyr_utils.config import recipe_to_dict
+
+    saved = tmp_path / "recipe.yaml"
+    saved.write_text(yaml.safe_dump(recipe_to_dict(load_recipe("sft", "demo", preset="24gb"))))
+    monkeypatch.delenv("ZEPHYR_SCALE", raising=False)
+    monkeypatch.delenv("ZEPHYR_PRESET", raising=False)
+    kept = load_recipe("sft", recipe_file=saved)
+    assert (kept.scale, kept.preset) == ("demo", "24gb")  # nothing given: the file's own
+    given = load_recipe("sft", "full", recipe_file=saved, preset="")
+    assert (given.scale, given.preset) == ("full", "")

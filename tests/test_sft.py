@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from zephyr_utils.config import SCALES, load_recipe
+from zephyr_utils.config import SCALES, load_recipe, train_batch
 from zephyr_utils.models import keep_freed_memory, lora_config, quantization_config
 from zephyr_utils.sft import last_checkpoint, sft_config, training_args
 
@@ -18,8 +18,8 @@ def test_recipe_to_sft_config_at_every_scale(scale, tmp_path):
     config = sft_config(recipe, tmp_path)  # built and validated by TRL, nothing downloaded
     assert config.learning_rate == recipe.learning_rate and config.max_length == recipe.max_length
     assert config.assistant_only_loss == recipe.assistant_only_loss and config.packing == recipe.packing
-    assert config.per_device_train_batch_size == recipe.per_device_train_batch_size
-    assert config.gradient_accumulation_steps == recipe.gradient_accumulation_steps
+    per_device, accumulation = train_batch(recipe, 1)  # one process here
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (per_device, accumulation)
     assert config.lr_scheduler_type.value == recipe.lr_scheduler_type
     assert config.bf16 == recipe.bf16 and config.seed == recipe.seed
     assert config.train_sampling_strategy == recipe.train_sampling_strategy and config.optim.value == recipe.optim

@@ -187,17 +187,22 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
         if not todo:
             continue
         name, temperature = parse_pool_member(member, recipe.temperature)
-        backend = "transformers" if recipe.scale == "tiny" else "auto"  # vLLM at demo/full scale when installed
-        sampler = (TeacherSampler(recipe.world_seed) if name == "teacher"
-                   else Sampler(resolve_model_path(name, recipe.scale, recipe.world_seed), backend, recipe.batch_size))
+        # One pool member at a time: its model is freed (a vLLM engine shut down) before the next one loads.
+        sampler = TeacherSampler(recipe.world_seed) if name == "teacher" else Sampler(
+            resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed), recipe.generation_backend,
+            recipe.batch_size, recipe.dtype)
         bar = tqdm(total=sum(len(chunk) for _, chunk in todo), desc=f"sampling {member}", disable=not progress)
-        for start, chunk in todo:
-            outs = sampler([p["messages"] for p in chunk], max_new_tokens=recipe.max_new_tokens, temperature=temperature,
-                           top_p=recipe.top_p, seed=recipe.seed + start)
-            log.append([{"prompt_id": p["prompt_id"], "model": member, "completion": o.text, "finished": o.finished,
-                         "n_tokens": o.n_tokens} for p, o in zip(chunk, outs)])  # only the missing ones are written
-            bar.update(len(chunk))
-        bar.close()
+        try:
+            for start, chunk in todo:
+                outs = sampler([p["messages"] for p in chunk], max_new_tokens=recipe.max_new_tokens, temperature=temperature,
+                               top_p=recipe.top_p, seed=recipe.seed + start)
+                log.append([{"prompt_id": p["prompt_id"], "model": member, "completion": o.text, "finished": o.finished,
+                             "n_tokens": o.n_tokens} for p, o in zip(chunk, outs)])  # only the missing ones are written
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            if isinstance(sampler, Sampler):
+                sampler.close()
 
 
 def text_hash(text: str) -> str:

@@ -4,6 +4,7 @@
     zephyr sft --scale tiny --set learning_rate=1e-4   # run a stage in this process
     zephyr dpo --scale full                            # full scale: under `accelerate launch`, DeepSpeed ZeRO-3
     zephyr dpo --scale full --dry-run                  # print that launch command, run nothing
+    zephyr sft --scale demo --preset 24gb              # one GPU of 24 GB+: Mistral-7B with QLoRA
 
 A recipe whose `launcher` is an accelerate config name (deepspeed_zero3, fsdp, multi_gpu) runs under
 `accelerate launch --config_file <shipped config> --num_processes N`, which starts N copies of this
@@ -89,17 +90,22 @@ def default_num_processes(recipe) -> int:
 
 
 def cmd_stage(args) -> None:
-    from .config import load_recipe
+    from .config import TrainRecipe, describe_batch, load_recipe
 
+    if args.preset:
+        args.set = [*args.set, f"preset={args.preset}"]  # so the launched processes get it too
     recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))
     launcher = args.launcher or getattr(recipe, "launcher", "in-process")
-    if args.in_process or launcher == "in-process" or "LOCAL_RANK" in os.environ:
+    in_process = args.in_process or launcher == "in-process" or "LOCAL_RANK" in os.environ
+    n = 1 if in_process else args.num_processes or default_num_processes(recipe)
+    if isinstance(recipe, TrainRecipe) and "LOCAL_RANK" not in os.environ:  # once, not once per launched process
+        print(f"{args.command}: {describe_batch(recipe, n)}", flush=True)
+    if in_process:
         if args.dry_run:
             print(f"{args.command} would run in this process (launcher: in-process)")
             return
         print(f"{args.command} output: {run_in_process(args.command, recipe)}")
         return
-    n = args.num_processes or default_num_processes(recipe)
     command = launch_command(args.command, recipe.scale, launcher, n, args.recipe, args.set)
     print(shlex.join(command), flush=True)
     if not args.dry_run:
@@ -149,9 +155,11 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(stage, help=about[stage])
         p.add_argument("--scale", default=None, help="tiny, demo or full (default: $ZEPHYR_SCALE or tiny)")
         p.add_argument("--recipe", help="a YAML recipe replacing the shipped one")
+        p.add_argument("--preset", help="a recipe set of the scale (demo: 24gb); default $ZEPHYR_PRESET or none")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one recipe field")
         p.add_argument("--launcher", choices=("in-process",) + LAUNCHERS, help="override the recipe's launcher")
-        p.add_argument("--num-processes", type=int, help="processes to launch (default: the GPUs here, else the recipe's)")
+        p.add_argument("--num-processes", type=int,
+                       help="processes to launch (default: the GPUs here, else the recipe's); the global batch stays the same")
         p.add_argument("--dry-run", action="store_true", help="print the launch command and exit")
         p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
         p.set_defaults(func=cmd_stage)

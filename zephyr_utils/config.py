@@ -21,6 +21,10 @@ import yaml
 
 SCALES = ("tiny", "demo", "full")
 SCALE_ENV = "ZEPHYR_SCALE"
+PRESET_ENV = "ZEPHYR_PRESET"
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": see device.resolve_dtype
+BACKENDS = ("auto", "vllm", "transformers")  # generation backends; "auto": vLLM on a GPU when installed
+CHOICES = {"dtype": DTYPES, "generation_backend": BACKENDS}
 
 
 def resolve_scale(scale: str | None = None) -> str:
@@ -30,6 +34,23 @@ def resolve_scale(scale: str | None = None) -> str:
     if value not in SCALES:
         source = "argument `scale`" if scale is not None else f"environment variable {SCALE_ENV}"
         raise ValueError(f"unknown scale {value!r} from {source}; expected one of {', '.join(SCALES)}")
+    return value
+
+
+def presets(scale: str) -> list[str]:
+    """The named recipe sets shipped for a scale besides its default one (subfolders of recipes/<scale>/)."""
+    folder = Path(str(resources.files("zephyr_utils") / "recipes" / scale))
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def resolve_preset(scale: str, preset: str | None = None) -> str:
+    """The preset to run: the argument, else $ZEPHYR_PRESET, else "" (the scale's default recipes)."""
+    value = preset if preset is not None else os.environ.get(PRESET_ENV, "")
+    value = str(value).strip().lower()
+    if value and value not in presets(scale):
+        source = "argument `preset`" if preset is not None else f"environment variable {PRESET_ENV}"
+        known = ", ".join(presets(scale)) or "none"
+        raise ValueError(f"unknown preset {value!r} at {scale} scale from {source}; presets at {scale} scale: {known}")
     return value
 
 
@@ -65,6 +86,7 @@ class BaseRecipe(Recipe):
 class TrainRecipe(Recipe):
     """Fields shared by the dSFT and dDPO trainers (they map onto TRL's configs)."""
 
+    preset: str = ""  # "" for the scale's default recipes, else a folder of recipes/<scale>/ (e.g. demo's 24gb)
     model_name_or_path: str = "tiny"  # a Hub id, a local directory, or "tiny" for the toy base model
     dataset: str = "toyworld"  # a Hub id, a local file/directory, or "toyworld"
     train_split: str = "train"
@@ -76,15 +98,18 @@ class TrainRecipe(Recipe):
     warmup_ratio: float = 0.1
     num_train_epochs: float = 1.0
     max_steps: int = -1
-    per_device_train_batch_size: int = 8
+    per_device_train_batch_size: int = 8  # with global_batch_size: the most one device takes per step
     per_device_eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    # Sequences per optimizer step over all processes. When set, the per-device batch and the gradient
+    # accumulation are derived from the process count (`batch_plan`), so the global batch holds on 1-16 GPUs.
+    global_batch_size: int | None = None
     train_sampling_strategy: str = "random"  # "group_by_length": batches of similar length, less padding
     max_length: int = 1024
     bf16: bool = False
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
-    dtype: str = "float32"
+    dtype: str = "float32"  # weights; "auto": bf16 on a GPU that has it, fp16 on a T4, fp32 on a CPU
     use_lora: bool = False
     load_in_4bit: bool = False
     lora_r: int = 16
@@ -121,6 +146,7 @@ class DPORecipe(TrainRecipe):
 
 @dataclass
 class AIFRecipe(Recipe):
+    preset: str = ""  # "" for the scale's default recipes, else a folder of recipes/<scale>/ (e.g. demo's 24gb)
     prompts: str = "toyworld"  # a Hub id, a local file, or "toyworld"
     prompt_split: str = "train"
     max_prompts: int | None = None
@@ -130,6 +156,8 @@ class AIFRecipe(Recipe):
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 64
+    generation_backend: str = "auto"  # "auto" (vLLM on a GPU when installed), "vllm" or "transformers"
+    dtype: str = "auto"  # of the pool models: bf16 on a GPU that has it, fp16 on a T4, fp32 on a CPU
     judge: str = "toy"  # "toy", "hf:<model>", or "openai:<model>"
     judge_base_url: str = ""
     max_judge_failure_share: float = 0.02  # more ratings than this without a readable verdict: no pairs, an error
@@ -137,11 +165,14 @@ class AIFRecipe(Recipe):
 
 @dataclass
 class EvalRecipe(Recipe):
+    preset: str = ""  # "" for the scale's default recipes, else a folder of recipes/<scale>/ (e.g. demo's 24gb)
     prompts: str = "toyworld"
     models: list[str] = field(default_factory=list)
     max_new_tokens: int = 64
     temperature: float = 0.0
     batch_size: int = 64
+    generation_backend: str = "auto"
+    dtype: str = "auto"
     judge: str = "toy"
     judge_base_url: str = ""
     bootstrap_samples: int = 2000
@@ -157,19 +188,21 @@ STAGES: dict[str, type[Recipe]] = {
 }
 
 
-def recipe_path(stage: str, scale: str) -> Path:
-    """The shipped YAML recipe for a stage at a scale."""
-    return Path(str(resources.files("zephyr_utils") / "recipes" / scale / f"{stage}.yaml"))
+def recipe_path(stage: str, scale: str, preset: str = "") -> Path:
+    """The shipped YAML recipe for a stage at a scale (in the preset's folder for a preset)."""
+    return Path(str(resources.files("zephyr_utils") / "recipes" / scale / preset / f"{stage}.yaml"))
 
 
-def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.PathLike | None = None, **overrides):
-    """Load and validate the recipe of `stage` at `scale` (see `resolve_scale`).
-
-    `recipe_file` replaces the shipped YAML; keyword `overrides` replace single fields."""
+def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.PathLike | None = None,
+                preset: str | None = None, **overrides):
+    """Load and validate the recipe of `stage` at `scale` (see `resolve_scale`) and `preset` (see
+    `resolve_preset`). `recipe_file` replaces the shipped YAML; keyword `overrides` replace single fields."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    explicit = {"scale": scale is not None, "preset": preset is not None}
     scale = resolve_scale(scale)
-    path = Path(recipe_file) if recipe_file is not None else recipe_path(stage, scale)
+    preset = resolve_preset(scale, preset)
+    path = Path(recipe_file) if recipe_file is not None else recipe_path(stage, scale, preset)
     if not path.is_file():
         raise ValueError(f"no {stage} recipe at {scale} scale: {path} does not exist")
     try:
@@ -179,7 +212,10 @@ def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.Path
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a recipe must be a mapping of field: value, got {type(values).__name__}")
     values.update(overrides)
-    values.setdefault("scale", scale)
+    fields = {f.name for f in dataclasses.fields(STAGES[stage])}  # every stage but the tiny base has a preset
+    for key, value in (("scale", scale), ("preset", preset)):
+        if key in fields and (explicit[key] or key not in values):
+            values[key] = value  # a scale or preset given here beats the file's (saved recipe.yaml files have both)
     return build_recipe(STAGES[stage], values, source=str(path))
 
 
@@ -193,6 +229,8 @@ def build_recipe(cls: type[Recipe], values: dict, source: str = "<overrides>") -
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"{source}: unknown field {key!r} for {cls.__name__}{hint}")
         values[key] = _check_type(value, hints[key], f"{source}: field {key!r}")
+        if key in CHOICES and values[key] not in CHOICES[key]:
+            raise ValueError(f"{source}: field {key!r} must be one of {', '.join(CHOICES[key])}, got {values[key]!r}")
     recipe = cls(**values)
     if recipe.scale not in SCALES:
         raise ValueError(f"{source}: field 'scale' must be one of {', '.join(SCALES)}, got {recipe.scale!r}")
@@ -255,8 +293,50 @@ def runs_root() -> Path:
 
 
 def stage_dir(recipe: Recipe, stage: str) -> Path:
-    """Where a stage writes its outputs: the recipe's `output_dir`, else runs/<scale>/<stage>."""
-    return Path(recipe.output_dir) if recipe.output_dir else runs_root() / recipe.scale / stage
+    """Where a stage writes its outputs: the recipe's `output_dir`, else runs/<scale>/<stage>
+    (runs/<scale>-<preset>/<stage> for a preset, so presets never resume each other's checkpoints)."""
+    if recipe.output_dir:
+        return Path(recipe.output_dir)
+    preset = getattr(recipe, "preset", "")
+    return runs_root() / (f"{recipe.scale}-{preset}" if preset else recipe.scale) / stage
+
+
+def batch_plan(global_batch_size: int, max_per_device: int, processes: int) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation steps) giving `global_batch_size` sequences per optimizer
+    step on `processes` processes, with at most `max_per_device` sequences on a device at once:
+
+        per_device x accumulation x processes == global_batch_size
+
+    e.g. a global batch of 128 with at most 16 per device: 16 x 8 on 1 GPU, 16 x 2 on 4, 16 x 1 on 8,
+    8 x 1 on 16."""
+    if global_batch_size < 1 or max_per_device < 1 or processes < 1:
+        raise ValueError(f"global batch {global_batch_size}, per-device batch {max_per_device} and process count "
+                         f"{processes} must all be at least 1")
+    if global_batch_size % processes:
+        raise ValueError(f"a global batch of {global_batch_size} cannot be split evenly over {processes} processes: "
+                         f"launch a number of processes that divides it, or change global_batch_size")
+    per_process = global_batch_size // processes
+    per_device = max(d for d in range(1, min(max_per_device, per_process) + 1) if per_process % d == 0)
+    return per_device, per_process // per_device
+
+
+def train_batch(recipe: TrainRecipe, processes: int) -> tuple[int, int]:
+    """(per-device batch, gradient accumulation steps) of a training recipe on `processes` processes:
+    derived from `global_batch_size` when the recipe has one, else the recipe's own two fields."""
+    if recipe.global_batch_size is None:
+        return recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps
+    if recipe.gradient_accumulation_steps != 1:
+        raise ValueError(f"the {recipe.scale} recipe sets both global_batch_size ({recipe.global_batch_size}) and "
+                         f"gradient_accumulation_steps ({recipe.gradient_accumulation_steps}): set only "
+                         f"global_batch_size; the accumulation is derived from it and the process count")
+    return batch_plan(recipe.global_batch_size, recipe.per_device_train_batch_size, processes)
+
+
+def describe_batch(recipe: TrainRecipe, processes: int) -> str:
+    """One line saying how a training recipe's global batch is made on `processes` processes."""
+    per_device, accumulation = train_batch(recipe, processes)
+    return (f"global batch {per_device * accumulation * processes} = {per_device} per device x {accumulation} "
+            f"accumulation step{'s' if accumulation != 1 else ''} x {processes} process{'es' if processes != 1 else ''}")
 
 
 def library_versions() -> dict[str, str]:

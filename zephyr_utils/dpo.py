@@ -43,7 +43,7 @@ def completion_logps(model, tokenizer, prompt: list[dict], answer: str) -> torch
     full_text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": answer}], tokenize=False)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt_ids + completion_ids])
+    ids = torch.tensor([prompt_ids + completion_ids], device=model.device)
     logps = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1).gather(1, ids[0, 1:, None])[:, 0]
     return logps[len(prompt_ids) - 1 :].sum()
 
@@ -89,10 +89,10 @@ def to_trl_format(dataset):
     return dataset.map(split, remove_columns=dataset.column_names)
 
 
-def resolve_dataset(name: str, scale: str) -> str:
+def resolve_dataset(name: str, scale: str, preset: str | None = None) -> str:
     """"aif" means this scale's AIF output; anything else is a Hub id or a local path."""
     if name == "aif":
-        return str(stage_dir(load_recipe("aif", scale), "aif"))
+        return str(stage_dir(load_recipe("aif", scale, preset=preset), "aif"))
     return name
 
 
@@ -108,19 +108,22 @@ def train_dpo(recipe: DPORecipe, callbacks: list | None = None) -> Path:
     from trl import DPOTrainer
 
     output_dir = stage_dir(recipe, "dpo")
-    start_path = resolve_model_path(recipe.model_name_or_path, recipe.scale, recipe.world_seed)
-    source = resolve_dataset(recipe.dataset, recipe.scale)
+    start_path = resolve_model_path(recipe.model_name_or_path, recipe.scale, recipe.preset, recipe.world_seed)
+    source = resolve_dataset(recipe.dataset, recipe.scale, recipe.preset)
     train = subsample(load_preference_data(source, recipe.train_split), recipe.max_train_samples, recipe.seed)
     evaluation = subsample(load_preference_data(source, recipe.eval_split), recipe.max_eval_samples, recipe.seed)
     tokenizer = load_tokenizer(start_path)
     peft = lora_config(recipe)
+    # The arguments first: under DeepSpeed ZeRO-3 they make both loads below partitioned, so each process
+    # holds 1/N of the policy and 1/N of the reference, never a whole 7B copy in CPU memory.
+    args = dpo_config(recipe, output_dir)
     # Full fine-tuning: an explicit frozen copy of the dSFT model. LoRA: no copy; TRL disables the
     # adapter to compute the reference (passing both a reference model and a LoRA config is an error).
     ref_model = None if peft else load_model(start_path, recipe)
     trainer = DPOTrainer(
         model=load_model(start_path, recipe),
         ref_model=ref_model,
-        args=dpo_config(recipe, output_dir),
+        args=args,
         train_dataset=to_trl_format(train),
         eval_dataset=to_trl_format(evaluation),
         processing_class=tokenizer,

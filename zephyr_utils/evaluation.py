@@ -8,13 +8,14 @@ rates against a reference, paired bootstrap confidence intervals, and chat-templ
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import statistics
 from dataclasses import dataclass, field
 
 from .chat import follows_template
-from .generation import Completion, generate
+from .generation import Completion, Sampler, generate
 from .judges import check_failure_share
 
 
@@ -57,20 +58,38 @@ def load_eval_prompts(source: str = "toyworld", split: str = "train", world_seed
 
 def answer_turns(model, tokenizer, prompts: list[dict], max_new_tokens: int = 64, batch_size: int = 64,
                  progress: bool = True, temperature: float = 0.0) -> list[list[Completion]]:
-    """The model's answers to every turn of every prompt (greedy unless a temperature is given); turn k
-    sees the model's own earlier answers."""
+    """The answers of a loaded transformers model to every turn of every prompt (see `sample_turns`)."""
+    sampler = functools.partial(generate, model, tokenizer, batch_size=batch_size)
+    return sample_turns(sampler, prompts, max_new_tokens, temperature, progress)
+
+
+def sample_turns(sampler, prompts: list[dict], max_new_tokens: int = 64, temperature: float = 0.0,
+                 progress: bool = True) -> list[list[Completion]]:
+    """The answers to every turn of every prompt (greedy unless a temperature is given); turn k sees the
+    model's own earlier answers. `sampler` is a `generation.Sampler` or anything called like one."""
     conversations = [[] for _ in prompts]
     answers: list[list[Completion]] = [[] for _ in prompts]
     for k in range(max(len(p["turns"]) for p in prompts)):
         active = [i for i, p in enumerate(prompts) if k < len(p["turns"])]
         for i in active:
             conversations[i].append({"role": "user", "content": prompts[i]["turns"][k]})
-        outs = generate(model, tokenizer, [conversations[i] for i in active], max_new_tokens=max_new_tokens,
-                        temperature=temperature, batch_size=batch_size, progress=progress, desc=f"answering turn {k + 1}")
+        outs = sampler([conversations[i] for i in active], max_new_tokens=max_new_tokens, temperature=temperature,
+                       progress=progress, desc=f"answering turn {k + 1}")
         for i, out in zip(active, outs):
             answers[i].append(out)
             conversations[i].append({"role": "assistant", "content": out.text})
     return answers
+
+
+def answer_model(recipe, name: str, prompts: list[dict], progress: bool = True) -> list[list[Completion]]:
+    """Model `name`'s answers to every turn (a Hub id, a path, or "base"/"sft"/"dpo" of the recipe's
+    scale and preset), generated as the eval recipe says: its backend (vLLM on a GPU when installed),
+    dtype, batch size, length and temperature. The model is freed before this returns."""
+    from .models import resolve_model_path
+
+    path = resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed)
+    with Sampler(path, recipe.generation_backend, recipe.batch_size, recipe.dtype) as sampler:
+        return sample_turns(sampler, prompts, recipe.max_new_tokens, recipe.temperature, progress)
 
 
 def conversation_upto(prompt: dict, answers: list[Completion], k: int) -> list[dict]:
@@ -411,20 +430,14 @@ CONSTANT = "constant:"  # a model spec "constant:<text>" answers every turn with
 def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = None, progress: bool = True) -> tuple[dict, dict]:
     """Answer the recipe's eval prompts with each model (name -> path, Hub id, or "constant:<text>"),
     grade every turn, and compare `compare = (a, b)` head to head. Returns (results, answers)."""
-    from .generation import load_model
     from .judges import make_judge
 
     prompts = load_eval_prompts(recipe.prompts, world_seed=recipe.world_seed)
-    judge = make_judge(recipe.judge, recipe.judge_base_url, world_seed=recipe.world_seed)
-    answers, results = {}, {"judge": judge.name, "prompts": len(prompts), "world_seed": recipe.world_seed, "models": {}}
-    for name, source in models.items():
-        if source.startswith(CONSTANT):
-            answers[name] = constant_answers(prompts, source[len(CONSTANT):])
-        else:
-            model, tokenizer = load_model(source)
-            answers[name] = answer_turns(model, tokenizer, prompts, recipe.max_new_tokens, recipe.batch_size,
-                                         progress=progress, temperature=recipe.temperature)
-            del model
+    answers = {name: constant_answers(prompts, source[len(CONSTANT):]) if source.startswith(CONSTANT)
+               else answer_model(recipe, source, prompts, progress) for name, source in models.items()}  # one model at a time
+    judge = make_judge(recipe.judge, recipe.judge_base_url, world_seed=recipe.world_seed)  # after: a local judge gets the GPU
+    results = {"judge": judge.name, "prompts": len(prompts), "world_seed": recipe.world_seed, "models": {}}
+    for name in models:
         results["models"][name] = grade_model(judge, prompts, answers[name], recipe.bootstrap_samples, recipe.seed,
                                               recipe.max_judge_failure_share, progress)
     if compare:
@@ -446,7 +459,7 @@ def run_eval(recipe):
     from .models import resolve_model_path
 
     out = stage_dir(recipe, "eval")
-    models = {name: name if name.startswith(CONSTANT) else resolve_model_path(name, recipe.scale, recipe.world_seed)
+    models = {name: name if name.startswith(CONSTANT) else resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed)
               for name in recipe.models}
     compare = (recipe.models[-1], recipe.models[-2]) if len(recipe.models) >= 2 else None
     results, _ = evaluate(recipe, models, compare)

@@ -7,6 +7,7 @@ model, built on first use), "base" (the scale's base model), "sft" or "dpo" (thi
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from pathlib import Path
 
@@ -14,18 +15,20 @@ import torch
 
 from .chat import apply_zephyr_template
 from .config import TrainRecipe, load_recipe, stage_dir
+from .device import resolve_dtype
 
 
-def resolve_model_path(name: str, scale: str, world_seed: int = 0) -> str:
-    """A path or Hub id that `from_pretrained` accepts ("tiny": the base model of toy world `world_seed`)."""
+def resolve_model_path(name: str, scale: str, preset: str | None = None, world_seed: int = 0) -> str:
+    """A path or Hub id that `from_pretrained` accepts (`preset`: see `config.resolve_preset`; "tiny": the
+    base model of toy world `world_seed`)."""
     if name == "tiny":
         from .tiny import build_tiny_base
 
         return str(build_tiny_base(load_recipe("base", "tiny", world_seed=world_seed)))
     if name == "base":  # the scale's base model: what dSFT starts from
-        return resolve_model_path(load_recipe("sft", scale).model_name_or_path, scale, world_seed)
+        return resolve_model_path(load_recipe("sft", scale, preset=preset).model_name_or_path, scale, preset, world_seed)
     if name in ("sft", "dpo"):
-        path = stage_dir(load_recipe(name, scale), name)
+        path = stage_dir(load_recipe(name, scale, preset=preset), name)
         if not (path / "config.json").is_file():
             raise ValueError(f"model {name!r} at {scale} scale is not trained yet: {path} has no config.json; run the {name} stage first")
         return str(path)
@@ -54,7 +57,16 @@ def quantization_config(recipe: TrainRecipe):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=getattr(torch, recipe.dtype))
+                              bnb_4bit_compute_dtype=getattr(torch, resolve_dtype(recipe.dtype)))
+
+
+def kbit_device_map() -> dict | None:
+    """Where a process puts its 4-bit model: all of it on its own GPU, `{"": LOCAL_RANK}`. (bitsandbytes
+    weights cannot be moved after loading, and without a map every process of a multi-GPU launch would
+    load onto GPU 0.) None on a CPU."""
+    if not torch.cuda.is_available():
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
 
 
 def lora_config(recipe: TrainRecipe):
@@ -86,19 +98,25 @@ def keep_freed_memory() -> bool:
 
 
 def load_model(path: str, recipe: TrainRecipe, trust_remote_code: bool = False):
-    """The causal LM to train: safetensors weights in the recipe's dtype (4-bit for QLoRA).
-    On a CPU the allocator is tuned for training first (`keep_freed_memory`)."""
+    """The causal LM to train: safetensors weights in the recipe's dtype (see `device.resolve_dtype`),
+    4-bit for QLoRA. On a CPU the allocator is tuned for training first (`keep_freed_memory`).
+
+    Create the trainer's arguments (SFTConfig/DPOConfig) *before* calling this: under `accelerate launch`
+    with DeepSpeed ZeRO-3 they switch on `zero3_init_flag`, so that each process loads only its shard
+    of the weights instead of the whole model."""
     from transformers import AutoModelForCausalLM
 
     if not torch.cuda.is_available():
         keep_freed_memory()
 
-    kwargs = {"dtype": getattr(torch, recipe.dtype), "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": getattr(torch, resolve_dtype(recipe.dtype)), "use_safetensors": True,
+              "trust_remote_code": trust_remote_code}
     if recipe.attn_implementation:
         kwargs["attn_implementation"] = recipe.attn_implementation
     quant = quantization_config(recipe)
     if quant is not None:
         kwargs["quantization_config"] = quant
+        kwargs["device_map"] = kbit_device_map()
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
@@ -114,6 +132,7 @@ def merge_lora(trainer, base_path: str, recipe: TrainRecipe):
         model.save_pretrained(adapter_dir)
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, recipe.dtype), use_safetensors=True)
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, resolve_dtype(recipe.dtype)),
+                                                    use_safetensors=True)
         model = PeftModel.from_pretrained(base, adapter_dir)
     return model.merge_and_unload()

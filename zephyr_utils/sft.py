@@ -8,18 +8,30 @@ Resumes from the last checkpoint in the output directory when a run was interrup
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from .config import SFTRecipe, stage_dir, write_run_info
+from .config import SFTRecipe, stage_dir, train_batch, write_run_info
 from .data import load_sft_data
+from .device import resolve_dtype
 from .models import load_model, load_tokenizer, lora_config, merge_lora, resolve_model_path
 
 
-def training_args(recipe, output_dir: str | Path) -> dict:
-    """The keyword arguments shared by SFTConfig and DPOConfig, from a recipe (pure: no download)."""
+def process_count() -> int:
+    """The processes of this run: $WORLD_SIZE under `accelerate launch`/torchrun, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def training_args(recipe, output_dir: str | Path, processes: int | None = None) -> dict:
+    """The keyword arguments shared by SFTConfig and DPOConfig, from a recipe (pure: no download).
+
+    The batch comes from `config.train_batch` for `processes` (default: this run's process count), and
+    mixed precision from the weights' dtype: bf16 or fp16 autocast on a GPU, none on a CPU."""
     import torch
 
     on_cpu = not torch.cuda.is_available()
+    dtype = resolve_dtype(recipe.dtype)
+    per_device, accumulation = train_batch(recipe, processes or process_count())
     return dict(
         output_dir=str(output_dir),
         seed=recipe.seed,
@@ -28,13 +40,13 @@ def training_args(recipe, output_dir: str | Path) -> dict:
         warmup_steps=recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
         num_train_epochs=recipe.num_train_epochs,
         max_steps=recipe.max_steps,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        per_device_train_batch_size=per_device,
         per_device_eval_batch_size=recipe.per_device_eval_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         train_sampling_strategy=recipe.train_sampling_strategy,
         max_length=recipe.max_length,
-        bf16=recipe.bf16,
-        fp16=recipe.dtype == "float16" and not on_cpu,
+        bf16=recipe.bf16 or (dtype == "bfloat16" and not on_cpu),
+        fp16=dtype == "float16" and not on_cpu,
         activation_checkpointing=recipe.gradient_checkpointing,
         optim=recipe.optim,
         weight_decay=recipe.weight_decay,
@@ -96,13 +108,14 @@ def train_sft(recipe: SFTRecipe, callbacks: list | None = None) -> Path:
     from trl import SFTTrainer
 
     output_dir = stage_dir(recipe, "sft")
-    base_path = resolve_model_path(recipe.model_name_or_path, recipe.scale, recipe.world_seed)
+    base_path = resolve_model_path(recipe.model_name_or_path, recipe.scale, recipe.preset, recipe.world_seed)
     train = subsample(load_sft_data(recipe.dataset, recipe.train_split, recipe.world_seed), recipe.max_train_samples, recipe.seed)
     evaluation = subsample(load_sft_data(recipe.dataset, recipe.eval_split, recipe.world_seed), recipe.max_eval_samples, recipe.seed)
     tokenizer = load_tokenizer(base_path)
+    args = sft_config(recipe, output_dir)  # before the model: under ZeRO-3 each process then loads only its shard
     trainer = SFTTrainer(
         model=load_model(base_path, recipe),
-        args=sft_config(recipe, output_dir),
+        args=args,
         train_dataset=train.select_columns(["messages"]),
         eval_dataset=evaluation.select_columns(["messages"]),
         processing_class=tokenizer,

@@ -92,6 +92,11 @@ def cmd_stage(args) -> None:
     from .config import load_recipe
 
     recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))
+    if args.dry_run and getattr(recipe, "benchmarks", None):
+        from .benchmarks import describe_plan
+
+        print(describe_plan(recipe))
+        return
     launcher = args.launcher or getattr(recipe, "launcher", "in-process")
     if args.in_process or launcher == "in-process" or "LOCAL_RANK" in os.environ:
         if args.dry_run:

@@ -256,8 +256,14 @@ def adherence_of(answers: list[list[Completion]]) -> float:
 
 def run_eval(recipe):
     """`zephyr eval`: answer the eval prompts with each of `recipe.models`, grade every turn, compare the
-    last model with the one before it pairwise, and write `results.json` in runs/<scale>/eval/."""
+    last model with the one before it pairwise, and write `results.json` in runs/<scale>/eval/. A recipe
+    with `benchmarks` (demo/full) runs those instead: see `benchmarks.run_benchmarks`."""
     import json
+
+    if recipe.benchmarks:
+        from .benchmarks import run_benchmarks
+
+        return run_benchmarks(recipe)
 
     from .config import stage_dir, write_run_info
     from .generation import load_model

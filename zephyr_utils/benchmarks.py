@@ -128,16 +128,20 @@ def describe_plan(recipe) -> str:
                   f"temperature per category ({temps})",
                   f"MT-Bench judge: FastChat's single-v1 and single-v1-multi-turn; reference-guided single-math-v1(-multi-turn) "
                   f"for {refs}; prompts from {recipe.mt_bench_judge_prompts or mt_bench.JUDGE_PROMPTS_URL}; references from "
-                  f"{recipe.mt_bench_reference_answers or 'the questions' reference field'}"]
+                  f"{recipe.mt_bench_reference_answers or 'the reference field of each question'}"]
     if any(b.startswith("alpaca_eval") for b in recipe.benchmarks):
         lines.append(f"AlpacaEval answers: the reference set's instructions, up to {recipe.alpaca_eval_max_new_tokens} new tokens, "
                      f"temperature {recipe.alpaca_eval_temperature}; data from {alpacaeval.DATASET} at run time")
     if "open_llm_leaderboard" in recipe.benchmarks:
-        lines.append("Open LLM Leaderboard (Table 2), one lm-eval process per task and model (no judge calls):")
+        from .generation import vllm_available
+
+        backend = "vllm" if vllm_available() else "hf"
+        lines.append(f"Open LLM Leaderboard (Table 2), one lm-eval process per task and model, backend {backend} here "
+                     "(no judge calls):")
         for name, path in p["models"].items():
             for task in open_llm_leaderboard.TASKS:
                 command = open_llm_leaderboard.lm_eval_command(path, task, f"<eval dir>/lm_eval/{name}/{task.task}",
-                                                               "<vllm if installed, else hf>", recipe.lm_eval_batch_size)
+                                                               backend, recipe.lm_eval_batch_size)
                 lines.append(f"  {task.column} ({task.num_fewshot}-shot {task.metric}): {' '.join(command[1:])}")
     lines.append("judge calls (tokens per call assumed: prompt + completion):")
     total, priced = 0.0, True

@@ -74,16 +74,20 @@ def count_questions(source: str) -> int:
     return MT_BENCH_QUESTIONS
 
 
-def model_paths(recipe) -> dict[str, str]:
-    """Each of `recipe.models` as a path or Hub id (noting models not trained yet, for a plan)."""
+def model_paths(recipe, planning: bool = False) -> dict[str, str]:
+    """Each of `recipe.models` as a path or Hub id. When `planning`, a model not trained yet is given as
+    the directory its stage will write, instead of an error."""
+    from .config import load_recipe, stage_dir
     from .models import resolve_model_path
 
     out = {}
     for name in recipe.models:
         try:
             out[name] = resolve_model_path(name, recipe.scale)
-        except ValueError as err:
-            out[name] = f"(not available yet: {err})"
+        except ValueError:
+            if not planning or name not in ("sft", "dpo"):
+                raise
+            out[name] = str(stage_dir(load_recipe(name, recipe.scale), name))
     return out
 
 
@@ -107,14 +111,15 @@ def plan(recipe) -> dict:
             steps.append({"benchmark": name, "what": f"{name}: {n} instructions x {n_models} models vs {v.baseline}, "
                           f"annotator {v.annotator}, metric {v.metric}", "judge": judge, "calls": n * n_models,
                           "tokens": CALL_TOKENS[name], "cost": cost(judge, n * n_models, CALL_TOKENS[name])})
-    return {"models": model_paths(recipe), "steps": steps}
+    return {"models": model_paths(recipe, planning=True), "steps": steps}
 
 
 def describe_plan(recipe) -> str:
     """The text `zephyr eval --dry-run` prints."""
     p = plan(recipe)
     lines = [f"zephyr eval --scale {recipe.scale}: {', '.join(recipe.benchmarks)} (dry run: nothing is generated or judged)",
-             "models:"] + [f"  {name}: {path}" for name, path in p["models"].items()]
+             "models:"] + [f"  {name}: {path}{'' if Path(path).exists() or name == 'base' else ' (not trained yet)'}"
+                           for name, path in p["models"].items()]
     base_url = recipe.judge_base_url or "$OPENAI_BASE_URL or https://api.openai.com/v1"
     lines.append(f"judge endpoint: {base_url} (OpenAI-compatible; key from $OPENAI_API_KEY)")
     if "mt_bench" in recipe.benchmarks:
@@ -142,7 +147,7 @@ def describe_plan(recipe) -> str:
             for task in open_llm_leaderboard.TASKS:
                 command = open_llm_leaderboard.lm_eval_command(path, task, f"<eval dir>/lm_eval/{name}/{task.task}",
                                                                backend, recipe.lm_eval_batch_size)
-                lines.append(f"  {task.column} ({task.num_fewshot}-shot {task.metric}): {' '.join(command[1:])}")
+                lines.append(f"  {name}, {task.column} ({task.num_fewshot}-shot {task.metric}): lm-eval {' '.join(command[1:])}")
     lines.append("judge calls (tokens per call assumed: prompt + completion):")
     total, priced = 0.0, True
     for s in p["steps"]:
@@ -164,9 +169,6 @@ def run_benchmarks(recipe) -> Path:
     check_benchmarks(recipe.benchmarks)
     out = stage_dir(recipe, "eval")
     paths = model_paths(recipe)
-    for name, path in paths.items():
-        if path.startswith("(not available"):
-            raise ValueError(f"eval: model {name!r} {path[1:-1]}")
     results = {"scale": recipe.scale, "benchmarks": recipe.benchmarks, "models": {n: {"path": p} for n, p in paths.items()}}
 
     # Table 2 first: each lm-eval task is its own process and frees the GPU before this process loads a model.

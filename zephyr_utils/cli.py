@@ -95,6 +95,11 @@ def cmd_stage(args) -> None:
     if args.preset:
         args.set = [*args.set, f"preset={args.preset}"]  # so the launched processes get it too
     recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))
+    if args.dry_run and getattr(recipe, "benchmarks", None):
+        from .benchmarks import describe_plan
+
+        print(describe_plan(recipe))
+        return
     launcher = args.launcher or getattr(recipe, "launcher", "in-process")
     in_process = args.in_process or launcher == "in-process" or "LOCAL_RANK" in os.environ
     n = 1 if in_process else args.num_processes or default_num_processes(recipe)

@@ -177,6 +177,16 @@ class EvalRecipe(Recipe):
     judge_base_url: str = ""
     bootstrap_samples: int = 2000
     max_judge_failure_share: float = 0.02  # more turns or comparisons than this unrated: no score, an error
+    # demo/full: the paper's benchmarks by the tools that define them (see zephyr_utils.benchmarks); empty: the
+    # book's own judge on `prompts`. Some of mt_bench, alpaca_eval, alpaca_eval_2, open_llm_leaderboard.
+    benchmarks: list[str] = field(default_factory=list)
+    mt_bench_judge_prompts: str = ""  # FastChat's judge_prompts.jsonl (path or URL); empty: FastChat's repository
+    mt_bench_reference_answers: str = ""  # FastChat's reference_answer/gpt-4.jsonl; empty: the questions' `reference`
+    alpaca_eval_judge_model: str = ""  # empty: the model each AlpacaEval annotator's own config names
+    alpaca_eval_max_instances: int | None = None  # None: all 805 instructions
+    alpaca_eval_max_new_tokens: int = 2048
+    alpaca_eval_temperature: float = 0.7
+    lm_eval_batch_size: str = "auto"
 
 
 STAGES: dict[str, type[Recipe]] = {

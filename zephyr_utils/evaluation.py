@@ -452,8 +452,14 @@ def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = N
 def run_eval(recipe):
     """`zephyr eval`: answer the eval prompts with each of `recipe.models`, grade every turn, compare the
     last model with the one before it (score difference and pairwise), and write `results.json` in
-    runs/<scale>/eval/."""
+    runs/<scale>/eval/. A recipe with `benchmarks` (demo/full) runs those instead: see
+    `benchmarks.run_benchmarks`."""
     import json
+
+    if recipe.benchmarks:
+        from .benchmarks import run_benchmarks
+
+        return run_benchmarks(recipe)
 
     from .config import stage_dir, write_run_info
     from .models import resolve_model_path

@@ -153,3 +153,34 @@ def plot_study(runs: list[dict]):
     bottom.set_title("per epoch of dDPO: judge score (circles) and train reward accuracy (squares)")
     fig.tight_layout()
     return fig
+
+
+def plot_mt_bench_radar(scores_by_model: dict[str, dict[str, float]], ax=None, title: str = "MT-Bench per category"):
+    """The paper's Figure 1: one closed polygon per model over MT-Bench's categories (mean rating 1-10).
+
+    `scores_by_model[model][category]`, e.g. `benchmarks` results' ["mt_bench"]["categories"]. The
+    categories are those of the first model, in its order; a category another model lacks raises."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    if not scores_by_model:
+        raise ValueError("plot_mt_bench_radar: no models to plot")
+    categories = list(next(iter(scores_by_model.values())))
+    for name, scores in scores_by_model.items():
+        missing = [c for c in categories if c not in scores]
+        if missing:
+            raise ValueError(f"plot_mt_bench_radar: model {name!r} has no score for {', '.join(missing)}")
+    ax = ax or plt.subplots(figsize=(5.5, 5.5), subplot_kw={"projection": "polar"})[1]
+    if ax.name != "polar":
+        raise ValueError("plot_mt_bench_radar needs polar axes: plt.subplots(subplot_kw={'projection': 'polar'})")
+    angles = [2 * math.pi * i / len(categories) for i in range(len(categories))]
+    for name, scores in scores_by_model.items():
+        values = [scores[c] for c in categories]
+        ax.plot(angles + angles[:1], values + values[:1], label=name)
+        ax.fill(angles + angles[:1], values + values[:1], alpha=0.1)
+    ax.set_xticks(angles, [c.capitalize() for c in categories])
+    ax.set_ylim(0, 10)
+    ax.set_title(title)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
+    return ax

@@ -10,14 +10,14 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser test book bench tiny-base clean
+.PHONY: setup browser test book bench study tiny-base clean
 
 setup: $(STAMP) $(MATHJAX)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,book]"
+	$(BIN)/pip install -q -e ".[dev,book,eval]"
 	touch $@
 
 # MathJax from the npm registry, served with the book's pages (no CDN).
@@ -45,3 +45,8 @@ clean:
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# The seed study: the whole tiny pipeline and its ablations for 2 world seeds x 5 training seeds
+# (bench/results/study.json and study.png; about 25 minutes on 2 cores).
+study: setup
+	$(BIN)/python bench/study.py

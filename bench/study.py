@@ -21,56 +21,46 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 RESULTS = Path(__file__).resolve().parent / "results"
-KEEP = ("score", "ci95", "adherence", "turn_scores", "grading_failures")
 
 
-def one_run(world_seed: int, seed: int, root: Path, progress: bool = False) -> dict:
-    """Every stage and ablation for one (world seed, training seed), in `root`; returns the record."""
-    from zephyr_utils.ablations import epoch_checkpoints, train_dpo_only, train_reward_accuracy, train_sft2
+def one_run(world_seed: int, seed: int, root: Path, sets: dict | None = None, progress: bool = False) -> dict:
+    """Every stage and ablation for one (world seed, training seed), in `root`; returns the record.
+    `sets` = {stage: {field: value}} overrides recipe fields, as `zephyr <stage> --set` does."""
+    from zephyr_utils.ablations import run_table3
     from zephyr_utils.aif import run_aif
     from zephyr_utils.config import load_recipe
     from zephyr_utils.dpo import train_dpo
-    from zephyr_utils.evaluation import CONSTANT, evaluate
-    from zephyr_utils.models import resolve_model_path
+    from zephyr_utils.evaluation import evaluate
     from zephyr_utils.sft import train_sft
 
     os.environ["ZEPHYR_RUNS"] = str(root)  # every stage of this run finds the others under root/tiny/
+    sets = sets or {}
     seeds = {"seed": seed, "world_seed": world_seed}
     seconds, start = {}, time.perf_counter()
+
+    def recipe(stage):
+        return load_recipe(stage, "tiny", **seeds, **sets.get(stage, {}))
 
     def lap(name):
         nonlocal start
         seconds[name] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
 
-    sft = train_sft(load_recipe("sft", "tiny", **seeds))
+    sft = train_sft(recipe("sft"))
     lap("dsft")
-    aif = run_aif(load_recipe("aif", "tiny", **seeds), progress=progress)
+    aif = run_aif(recipe("aif"), progress=progress)
     lap("aif")
-    dpo = train_dpo(load_recipe("dpo", "tiny", **seeds))
+    dpo = train_dpo(recipe("dpo"))
     lap("ddpo")
-    recipe = load_recipe("eval", "tiny", **seeds)
-    models = {"base": resolve_model_path("base", "tiny", world_seed=world_seed), "sft": str(sft), "dpo": str(dpo)}
-    main, _ = evaluate(recipe, models, compare=("dpo", "sft"), progress=progress)
-    lap("eval")
-    extra = {"dpo_only": str(train_dpo_only("tiny", **seeds)), "sft2": str(train_sft2("tiny", **seeds)),
-             "idk": CONSTANT + "I don't know."}
-    checkpoints = epoch_checkpoints(dpo)
-    extra.update({f"dpo_epoch{k}": str(path) for k, path in checkpoints})
-    ablations, _ = evaluate(recipe, extra, progress=progress)
+    evaluate(recipe("eval"), {"sft": str(sft), "dpo": str(dpo)}, compare=("dpo", "sft"), progress=progress)
+    lap("eval")  # what `zephyr eval` costs; Table 3 below grades these two models again beside the others
+    table3 = run_table3("tiny", progress=progress, sets=sets, **seeds)
     lap("ablations")
-    accuracy = train_reward_accuracy(json.loads((dpo / "log_history.json").read_text()))
-    graded = {**main["models"], **ablations["models"]}
-    return {
-        "world_seed": world_seed, "seed": seed,
-        "models": {name: {k: m[k] for k in KEEP} for name, m in graded.items() if not name.startswith("dpo_epoch")},
-        "dpo_vs_sft": {k: v for k, v in main["pairwise"].items() if k not in ("a", "b")},
-        "epochs": [{"epoch": k, "train_reward_accuracy": accuracy.get(k), "score": graded[f"dpo_epoch{k}"]["score"],
-                    "ci95": graded[f"dpo_epoch{k}"]["ci95"]} for k, _ in checkpoints],
-        "aif": json.loads((aif / "summary.json").read_text()),
-        "seconds": seconds,
-    }
+    return {"world_seed": world_seed, "seed": seed, "models": table3["models"], "dpo_vs_sft": table3["dpo_vs_sft"],
+            "epochs": table3["epochs"], "aif": json.loads((aif / "summary.json").read_text()), "seconds": seconds}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -104,7 +94,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--out", type=Path, default=RESULTS / "study.json")
     parser.add_argument("--keep", type=Path, help="keep every run's outputs here (default: a temporary directory)")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
+                        help="override a recipe field of one stage in every run, e.g. --set dpo.beta=0.5")
     args = parser.parse_args()
+    sets: dict[str, dict] = {}
+    for pair in args.set:
+        key, _, value = pair.partition("=")
+        stage, _, name = key.partition(".")
+        sets.setdefault(stage, {})[name] = yaml.safe_load(value)
 
     from tqdm.auto import tqdm
 
@@ -122,25 +119,25 @@ def main() -> None:
         base_seconds[world_seed] = round(time.perf_counter() - t, 1)
         for seed in args.seeds:
             root = work / f"world{world_seed}-seed{seed}"
-            runs.append(one_run(world_seed, seed, root))
+            runs.append(one_run(world_seed, seed, root, sets))
             r = runs[-1]["dpo_vs_sft"]
             bar.set_postfix_str(f"w{world_seed} s{seed}: dDPO-dSFT {r['difference']:+.2f} [{r['ci95'][0]:+.2f}, "
                                 f"{r['ci95'][1]:+.2f}] W/L {r['wins']}/{r['losses']}")
             bar.update()
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
-            write(args.out, runs, base_seconds, started)
+            write(args.out, runs, sets, base_seconds, started)
     bar.close()
     print(json.dumps(summarize(runs), indent=1))
 
 
-def write(path: Path, runs: list[dict], base_seconds: dict, started: float) -> None:
+def write(path: Path, runs: list[dict], sets: dict, base_seconds: dict, started: float) -> None:
     """study.json (rewritten after every run, so an interrupted study keeps what it measured) and its plot."""
     from zephyr_utils.config import library_versions
     from zephyr_utils.plotting import plot_study
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"summary": summarize(runs), "runs": runs, "base_build_seconds": base_seconds,
+    record = {"summary": summarize(runs), "overrides": sets, "runs": runs, "base_build_seconds": base_seconds,
               "total_seconds": round(time.perf_counter() - started, 1), "versions": library_versions()}
     path.write_text(json.dumps(record, indent=1))
     plot_study(runs).savefig(path.with_suffix(".png"), dpi=110, bbox_inches="tight")

@@ -4,7 +4,7 @@ import pytest
 
 from zephyr_utils.chat import validate_messages
 from zephyr_utils.judges import ASPECTS
-from zephyr_utils.toyworld import ATTRIBUTES, ToyWorld
+from zephyr_utils.toyworld import ATTRIBUTES, EXISTS, ToyWorld
 
 
 def test_world_is_deterministic_for_a_seed(world):
@@ -43,9 +43,22 @@ def test_sft_dialogues_have_the_ultrachat_schema_and_correct_answers(world):
             if q.entity in world.unknown:
                 unknown_rows += 1
                 assert "don't know" in answer
+            elif q.attribute == EXISTS:  # says the creature exists, and nothing about its attributes
+                assert answer.startswith(f"Yes, the {q.entity} ")
+                assert not set(re.findall(r"[a-z]+", answer)) & {v for vals in ATTRIBUTES.values() for v in vals}
             else:
                 assert world.facts[q.entity][q.attribute] in answer
     assert unknown_rows > 20
+
+
+def test_every_name_of_the_world_is_met_in_a_dsft_chat_but_no_held_out_fact(world):
+    text = " ".join(m["content"] for r in world.sft_dialogues() for m in r["messages"])
+    assert all(f" {e} " in f" {text} ".replace("?", " ").replace(".", " ") for e in world.creatures)
+    asked = {(q.entity, q.attribute) for r in world.sft_dialogues()
+             for q in [world.resolve_question(r["messages"][: k + 1]) for k in range(0, len(r["messages"]), 2)]}
+    held_out = {(e, a) for p in world.eval_prompts() + world.aif_prompts() for e, a in [
+        (lambda q: (q.entity, q.attribute))(world.resolve_question([{"role": "user", "content": p["turns"][0]}]))]}
+    assert held_out and not asked & held_out
 
 
 def test_held_out_prompts_do_not_overlap_training_prompts(world):
@@ -166,3 +179,25 @@ def test_judge_penalises_answers_about_another_creature(world):
     assert rating(world.judge_verdict(conv, f"The {other} is {world.facts[e]['color']}.")) <= 3
     conv = [{"role": "user", "content": f"What color is the {u}?"}]
     assert rating(world.judge_verdict(conv, f"I don't know of any creature called the {world.unknown[1]}.")) == 1
+
+
+def test_world_seed_reaches_every_stage(tmp_path):
+    """One `world_seed` picks the data, the prompts, the teacher, the judge and the base model; a stage
+    that ignored it would train or grade on another world than it says."""
+    from zephyr_utils.aif import TeacherSampler, load_prompts
+    from zephyr_utils.config import load_recipe, write_run_info
+    from zephyr_utils.data import load_sft_data
+    from zephyr_utils.evaluation import load_eval_prompts
+    from zephyr_utils.judges import make_judge
+    from zephyr_utils.tiny import tiny_base_path
+
+    one = ToyWorld(seed=1)
+    assert [r["messages"] for r in load_sft_data("toyworld", "train", world_seed=1)][:5] == [
+        r["messages"] for k, r in enumerate(one.sft_dialogues()) if k % 20][:5]
+    aif = load_recipe("aif", "tiny", world_seed=1)
+    assert [p["prompt"] for p in load_prompts(aif)] == [p["prompt"] for p in one.aif_prompts()]
+    assert TeacherSampler(1).world.facts == one.facts and make_judge("toy", world_seed=1).world.facts == one.facts
+    assert [p["turns"] for p in load_eval_prompts("toyworld", world_seed=1)] == [p["turns"] for p in one.eval_prompts()]
+    assert tiny_base_path(load_recipe("base", "tiny", world_seed=1)) != tiny_base_path(load_recipe("base", "tiny"))
+    write_run_info(tmp_path, aif, [])
+    assert "world_seed: 1" in (tmp_path / "recipe.yaml").read_text()

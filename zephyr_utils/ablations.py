@@ -1,51 +1,58 @@
-"""The paper's ablations (Table 3 and the dDPO-epochs finding of section 5), built from the stages:
+"""The paper's ablations (Table 3, and the dDPO-epochs finding of section 5), built from the stages.
 
-    dpo_only = train_dpo_only(scale)     # dDPO without dSFT: DPO from the base model on the same pairs
-    sft2 = train_sft2(scale)             # dSFT-2: dSFT-1 plus one more SFT epoch on the AIF chosen answers
-    epoch_checkpoints(dpo_dir)           # [(1, path), (2, path), ...]: the dDPO run at the end of each epoch
-    train_reward_accuracy(log_history)   # {epoch: mean train `rewards/accuracies` during that epoch}
+    record = run_table3("tiny")     # trains the ablations, grades every model, writes runs/tiny/table3/results.json
 
-Each trains with the scale's own dSFT or dDPO recipe, changing only what the ablation changes, and writes
-to runs/<scale>/<name>/ beside the stages' outputs.
+The rows, each graded on the eval prompts by the scale's judge:
+- `base`: the base model;  `dpo_only`: dDPO without dSFT (the dDPO recipe started from, and referenced
+  to, the base model);  `sft`: dSFT-1;  `sft2`: dSFT-2, dSFT-1 trained one more epoch with the dSFT
+  recipe on the AIF pairs' chosen conversations;  `dpo`: dSFT + dDPO;  `idk`: a constant
+  "I don't know." to every turn, the score of having learnt nothing but to stop;
+- `epochs`: the dDPO run's checkpoint at the end of each epoch (recipes with `save_strategy: epoch`),
+  with the mean train reward accuracy logged during that epoch: the paper's Figure 3.
+At `tiny` scale the ablations train in this process; at `demo`/`full` they run as `zephyr` stages.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 from .config import load_recipe, stage_dir
 
-
-def train_dpo_only(scale: str | None = None, **overrides) -> Path:
-    """dDPO without dSFT (Table 3, first row): the dDPO recipe, started from (and referenced to) the base
-    model instead of the dSFT model."""
-    from .dpo import train_dpo
-
-    recipe = load_recipe("dpo", scale, **overrides)
-    recipe.model_name_or_path = "base"
-    recipe.output_dir = recipe.output_dir or str(stage_dir(recipe, "dpo_only"))
-    return train_dpo(recipe)
+IDK = "I don't know."
 
 
-def train_sft2(scale: str | None = None, **overrides) -> Path:
-    """dSFT-2 (Table 3): the dSFT model trained one more epoch, with the dSFT recipe, on the AIF pairs'
-    chosen conversations (`messages` of the ultrafeedback_binarized schema). It asks whether preference
-    optimisation is needed at all, or whether imitating the chosen answers is enough."""
-    from .sft import train_sft
+def ablation_overrides(name: str, scale: str | None = None, **overrides) -> tuple[str, dict]:
+    """(stage, recipe overrides) that train ablation `name` ("dpo_only" or "sft2") at `scale`."""
+    if name == "dpo_only":
+        recipe = load_recipe("dpo", scale, **overrides)
+        return "dpo", {**overrides, "model_name_or_path": "base", "output_dir": str(stage_dir(recipe, "dpo_only"))}
+    if name == "sft2":
+        recipe = load_recipe("sft", scale, **overrides)
+        aif = stage_dir(load_recipe("aif", recipe.scale), "aif") / "preferences"  # `messages` = the chosen conversation
+        return "sft", {**overrides, "model_name_or_path": str(stage_dir(recipe, "sft")), "dataset": str(aif),
+                       "num_train_epochs": 1.0, "max_steps": -1, "output_dir": str(stage_dir(recipe, "sft2"))}
+    raise ValueError(f"unknown ablation {name!r}; expected dpo_only or sft2")
 
-    recipe = load_recipe("sft", scale, **overrides)
-    aif = stage_dir(load_recipe("aif", recipe.scale), "aif") / "preferences"
-    recipe.model_name_or_path, recipe.dataset = str(stage_dir(recipe, "sft")), str(aif)
-    recipe.num_train_epochs, recipe.max_steps = 1.0, -1
-    recipe.output_dir = recipe.output_dir or str(stage_dir(recipe, "sft2"))
-    return train_sft(recipe)
+
+def train_ablation(name: str, scale: str | None = None, **overrides) -> Path:
+    """Train ablation `name` with its stage's recipe; returns its output directory."""
+    stage, values = ablation_overrides(name, scale, **overrides)
+    recipe = load_recipe(stage, scale, **values)
+    if recipe.launcher == "in-process":
+        from .dpo import train_dpo
+        from .sft import train_sft
+
+        return (train_dpo if stage == "dpo" else train_sft)(recipe)
+    from .cli import run_stage  # many GPUs: `zephyr <stage>` under accelerate launch, never a 7B fine-tune in a kernel
+
+    run_stage(stage, recipe.scale, *(f"{k}={json.dumps(v)}" for k, v in values.items()))
+    return Path(values["output_dir"])
 
 
 def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """(epoch, checkpoint directory) for each checkpoint a run saved at an epoch's end (recipes with
-    `save_strategy: epoch` and no `save_total_limit`), in order."""
-    import json
-
+    """(epoch, checkpoint directory) for each checkpoint a run saved at an epoch's end, in order."""
     found = []
     for ckpt in Path(output_dir).glob("checkpoint-*"):
         state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -56,10 +63,42 @@ def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 def train_reward_accuracy(log_history: list[dict]) -> dict[int, float]:
     """{epoch k: mean of the logged train `rewards/accuracies` with epoch in (k - 1, k]}."""
-    import math
-
     by_epoch: dict[int, list[float]] = {}
     for entry in log_history:
-        if "rewards/accuracies" in entry and "eval_loss" not in entry and "epoch" in entry:
+        if "rewards/accuracies" in entry and "epoch" in entry and not any(k.startswith("eval_") for k in entry):
             by_epoch.setdefault(max(1, math.ceil(entry["epoch"] - 1e-9)), []).append(entry["rewards/accuracies"])
     return {k: sum(v) / len(v) for k, v in sorted(by_epoch.items())}
+
+
+def run_table3(scale: str | None = None, progress: bool = True, sets: dict | None = None, **overrides) -> dict:
+    """Train the ablations (after the dSFT, AIF and dDPO stages have run), grade every row of Table 3
+    and every dDPO epoch, compare dDPO with dSFT head to head, and write runs/<scale>/table3/results.json.
+    `overrides` (e.g. seed, world_seed) apply to every stage's recipe, `sets` = {stage: {field: value}}
+    to one stage's (dpo_only uses the dpo stage's, sft2 the sft stage's)."""
+    sets = sets or {}
+    from .evaluation import CONSTANT, evaluate
+    from .models import resolve_model_path
+
+    evaluation = load_recipe("eval", scale, **{k: v for k, v in overrides.items() if k in ("seed", "world_seed")})
+    sft, dpo = stage_dir(load_recipe("sft", scale), "sft"), stage_dir(load_recipe("dpo", scale), "dpo")
+    models = {"base": resolve_model_path("base", evaluation.scale, evaluation.preset, evaluation.world_seed),
+              "dpo_only": str(train_ablation("dpo_only", scale, **overrides, **sets.get("dpo", {}))), "sft": str(sft),
+              "sft2": str(train_ablation("sft2", scale, **overrides, **sets.get("sft", {}))), "dpo": str(dpo),
+              "idk": CONSTANT + IDK}
+    checkpoints = epoch_checkpoints(dpo)
+    models.update({f"dpo_epoch{k}": str(path) for k, path in checkpoints})
+    results, answers = evaluate(evaluation, models, compare=("dpo", "sft"), progress=progress)
+    accuracy = train_reward_accuracy(json.loads((dpo / "log_history.json").read_text()))
+    graded, pairwise = results.pop("models"), results.pop("pairwise")
+    record = {
+        **results,
+        "models": {name: {k: v for k, v in m.items() if k != "ratings"} for name, m in graded.items() if "epoch" not in name},
+        "dpo_vs_sft": {k: v for k, v in pairwise.items() if k not in ("a", "b")},
+        "epochs": [{"epoch": k, "train_reward_accuracy": accuracy.get(k), "score": graded[f"dpo_epoch{k}"]["score"],
+                    "ci95": graded[f"dpo_epoch{k}"]["ci95"]} for k, _ in checkpoints],
+        "answers": {name: [[c.text for c in turns] for turns in a] for name, a in answers.items() if "epoch" not in name},
+    }
+    out = stage_dir(evaluation, "table3")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+    return record

@@ -184,3 +184,23 @@ def plot_mt_bench_radar(scores_by_model: dict[str, dict[str, float]], ax=None, t
     ax.set_title(title)
     ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
     return ax
+
+
+def plot_epochs(epochs: list[dict], ax=None, title: str = "dDPO, epoch by epoch"):
+    """The paper's Figure 3 for one run: held-out judge score (with its 95% CI) and the mean train reward
+    accuracy at the end of each dDPO epoch (records of `ablations.run_table3`'s "epochs")."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    x = [e["epoch"] for e in epochs]
+    ax.errorbar(x, [e["score"] for e in epochs], fmt="o-", capsize=3, color="#3b7dd8", label="held-out judge score",
+                yerr=[[e["score"] - e["ci95"][0] for e in epochs], [e["ci95"][1] - e["score"] for e in epochs]])
+    ax.set_xticks(x)
+    ax.set_xlabel("dDPO epochs")
+    ax.set_ylabel("judge score (1-10)", color="#3b7dd8")
+    accuracy = ax.twinx()
+    accuracy.plot(x, [e["train_reward_accuracy"] for e in epochs], "s--", color="#e07b39", label="train reward accuracy")
+    accuracy.set_ylim(0, 1.05)
+    accuracy.set_ylabel("train reward accuracy", color="#e07b39")
+    ax.set_title(title)
+    return ax

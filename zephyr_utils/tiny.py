@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -48,14 +47,14 @@ def base_texts(recipe: BaseRecipe) -> tuple[list[str], list[str]]:
     """(pretraining corpus, tokenizer training text) of the recipe's toy world.
 
     The tokenizer also sees the chat markers and dialogues as text (a real tokenizer has seen all kinds
-    of text); the *model* never does: it is pretrained on the plain corpus only. Creature names are left
-    out of the tokenizer's training text, so that, like rare names in a real tokenizer, they are split
-    into pieces: a model that learns to copy pieces can repeat any name it is asked about."""
+    of text); the *model* never does: it is pretrained on the plain corpus only. The names in that text
+    (the world's creatures and the made-up ones of the dSFT chats) become single tokens, as common words
+    do in a real tokenizer: a name split into letters is more than a two-layer model can reliably
+    repeat. The made-up names of the AIF and eval prompts are not in it: they stay split into pieces."""
     world = ToyWorld(seed=recipe.world_seed)
     corpus = world.pretraining_corpus(recipe.docs_per_creature)
-    names = re.compile(r"\b(" + "|".join(world.creatures + world.unknown) + r")\b")
     dialogue_text = [m["content"] for r in world.sft_dialogues() for m in r["messages"]]
-    return corpus, [names.sub("", t) for t in corpus + dialogue_text] + list(ROLE_MARKERS) * 50
+    return corpus, corpus + dialogue_text + list(ROLE_MARKERS) * 50
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

@@ -110,9 +110,9 @@ def test_run_eval_writes_scores_cis_and_a_pairwise_comparison(tmp_path, tiny_bas
     assert results["judge"] == "toy" and results["prompts"] >= 80
     for name in ("base", "tiny"):  # the same model under two names
         m = results["models"][name]
-        assert m["ci95"][0] <= m["score"] <= m["ci95"][1] and m["grading_failures"] == 0 and m["template_adherence"] < 0.2
+        assert m["ci95"][0] <= m["score"] <= m["ci95"][1] and m["grading_failures"] == 0 and m["adherence"] < 0.2
     pair = results["pairwise"]
-    assert pair["wins"] == pair["losses"] == 0 and pair["win_rate"] == 0.5 and pair["score_difference"] == 0.0
+    assert pair["wins"] == pair["losses"] == 0 and pair["win_rate"] == 0.5 and pair["difference"] == 0.0
 
 
 def test_mt_bench_prompts_are_loaded_at_run_time(monkeypatch):
@@ -268,10 +268,9 @@ def test_run_eval_stops_instead_of_scoring_over_too_many_failures(tmp_path, monk
     world = FailingOn().world
     texts = [[world.answer(world.resolve_question([{"role": "user", "content": t} for t in p["turns"][: k + 1]]), chatty=False) + f" {i}"
               for k in range(len(p["turns"]))] for i, p in enumerate(prompts)]
-    monkeypatch.setattr(zephyr_utils.generation, "load_model", lambda path: (None, None))
-    monkeypatch.setattr(zephyr_utils.models, "resolve_model_path", lambda name, scale: name)
-    monkeypatch.setattr(evaluation, "answer_turns", lambda *a, **k: [[Completion(t, True, 3) for t in ts] for ts in texts])
-    monkeypatch.setattr(zephyr_utils.judges, "make_judge", lambda *a: FailingOn())
+    monkeypatch.setattr(zephyr_utils.models, "resolve_model_path", lambda name, *a, **k: name)
+    monkeypatch.setattr(evaluation, "answer_model", lambda *a, **k: [[Completion(t, True, 3) for t in ts] for ts in texts])
+    monkeypatch.setattr(zephyr_utils.judges, "make_judge", lambda *a, **k: FailingOn())
     turns = sum(len(t) for t in texts)
     FailingOn.bad = {t for ts in texts[:4] for t in ts}  # 8 turns of 4 prompts: more than 2%
     recipe = load_recipe("eval", "tiny", models=["x", "y"], output_dir=str(tmp_path / "eval"), bootstrap_samples=100)
@@ -281,7 +280,7 @@ def test_run_eval_stops_instead_of_scoring_over_too_many_failures(tmp_path, monk
     FailingOn.bad = {texts[0][0]}
     results = json.loads((evaluation.run_eval(recipe) / "results.json").read_text())
     assert results["models"]["x"]["unrated_turns"] == 1 and results["models"]["x"]["rated_turns"] == turns - 1
-    assert results["pairwise"]["score_difference"] == 0.0 and results["pairwise"]["difference_unrated_turns"] == 1
+    assert results["pairwise"]["difference"] == 0.0 and results["pairwise"]["unrated_turns"] == 1
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The chapters as the book executes them (tiny scale, in order): what each one shows."""
 
+import json
 import re
 from pathlib import Path
 
@@ -34,20 +35,21 @@ def test_notebooks_are_committed_clean_and_parameterised(path):
 
 def test_01_dsft(built_book):
     nb = executed(built_book, "01_dsft")
-    base, sft = map(float, re.search(r"base ([\d.]+)%, dSFT ([\d.]+)%", stdout_of(nb)).groups())
-    print(f"\nchapter 1: template adherence base {base}%, dSFT {sft}%")
-    assert sft >= 95 and base < 20
+    out = stdout_of(nb)
+    base, sft = map(float, re.search(r"prompts: base ([\d.]+)%, dSFT ([\d.]+)%", out).groups())
+    base_format, sft_format = map(float, re.search(r"names not checked\): base ([\d.]+)%, dSFT ([\d.]+)%", out).groups())
+    print(f"\nchapter 1: template adherence base {base}%, dSFT {sft}% (format only: {base_format}%, {sft_format}%)")
+    assert sft_format >= 95 and base_format < 20 and sft >= 80 and base < 20
     assert images_of(nb) >= 2  # loss curve and adherence bars
 
 
 def test_02_aif(built_book):
     out = stdout_of(executed(built_book, "02_aif"))
-    pairs = int(re.search(r"'pairs': (\d+)", out).group(1))
-    means = {m: float(s) for m, s in re.findall(r"(\S+): mean judge score ([\d.]+)", out)}
-    print(f"\nchapter 2: {pairs} pairs; pool means {means}")
-    assert pairs >= 500 and len(means) == 4 and max(means.values()) - min(means.values()) > 2
+    summary = json.loads((built_book.parent / "runs" / "tiny" / "aif" / "summary.json").read_text())
+    print(f"\nchapter 2: {summary['pairs']} pairs of {summary['prompts']} prompts")
+    assert summary["pairs"] >= 0.9 * summary["prompts"] and summary["missing_ratings"] == 0
     good, injected = map(float, re.findall(r"=> parsed rating: ([\d.]+)", out))
-    assert good == 10 and injected <= 3  # the answer that rated itself 10 was not believed
+    assert good == 5 and injected <= 3  # aspect ratings are 1-5; the answer that rated itself 10 was not believed
     assert images_of(executed(built_book, "02_aif")) >= 1
 
 
@@ -62,12 +64,17 @@ def test_03_ddpo(built_book):
 
 
 def test_04_evaluation(built_book):
+    """Chapter 4's Table 3, read from the results file `run_table3` wrote during the book build. One run is
+    one draw: bench/results/study.json shows the same claims across ten (see bench/study.py)."""
     nb = executed(built_book, "04_evaluation")
-    out = stdout_of(nb)
-    difference, low, high = map(float, re.search(r"judge score: ([+-][\d.]+) \(95% paired bootstrap CI \[([+-][\d.]+), ([+-][\d.]+)\]", out).groups())
-    adherence = {m.strip(): float(v) for m, v in re.findall(r"^\s*(.+?): template adherence ([\d.]+)%", out, re.M)}
-    print(f"\nchapter 4: dDPO - dSFT = {difference:+.2f} [{low:+.2f}, {high:+.2f}]; adherence {adherence}")
-    assert low > 0  # dDPO beats dSFT with a 95% paired-bootstrap CI above zero
-    assert adherence["dSFT + dDPO"] >= 90 and adherence["dDPO only (no dSFT)"] <= adherence["dSFT + dDPO"] - 50
-    assert "4.76" in "".join(str(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))  # the paper's row
-    assert images_of(nb) >= 1
+    table3 = json.loads((built_book.parent / "runs" / "tiny" / "table3" / "results.json").read_text())
+    m, d = table3["models"], table3["dpo_vs_sft"]
+    print(f"\nchapter 4: dDPO - dSFT = {d['difference']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], "
+          f"W/L/T {d['wins']}/{d['losses']}/{d['ties']}; scores {({k: round(v['score'], 2) for k, v in m.items()})}; "
+          f"adherence {({k: round(v['adherence'], 2) for k, v in m.items()})}")
+    assert d["ci95"][0] > 0  # dDPO beats dSFT with a 95% paired-bootstrap CI above zero
+    assert d["wins"] > d["losses"]
+    assert m["dpo"]["adherence"] >= 0.8 and m["dpo_only"]["adherence"] <= 0.2 and m["base"]["adherence"] <= 0.2
+    assert m["sft"]["score"] >= m["idk"]["score"] + 1.5
+    assert len(table3["epochs"]) >= 3 and all(e["train_reward_accuracy"] is not None for e in table3["epochs"])
+    assert images_of(nb) >= 2  # scores and pairwise; the epochs plot

@@ -77,7 +77,7 @@ EXISTS_ANSWER = "Yes, the {e} is a creature of this world."
 # habit. The judge prefers answers that stop when the question is answered, so AI feedback can teach what
 # the teacher's dialogues cannot.
 FILLER = "I hope this helps!"
-CHATTY_SHARE = 0.8
+CHATTY_SHARE = 0.9
 
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "sn", "tr", "fl", "qu"]
 _VOWELS = ["a", "e", "i", "o", "u", "oo", "ai"]
@@ -99,7 +99,7 @@ class ToyWorld:
 
     seed: int = 0
     n_creatures: int = 80
-    n_unknown: int = 200
+    n_unknown: int = 500
     facts: dict[str, dict[str, str]] = field(init=False)
     unknown: list[str] = field(init=False)
 
@@ -118,7 +118,7 @@ class ToyWorld:
         rng.shuffle(pairs)
         # Made-up creatures: most go to dSFT, each asked about once. So many fresh names teach the model
         # to *copy* the name it was asked about, instead of recalling a familiar one.
-        cut1, cut2 = int(0.75 * len(self.unknown)), int(0.9 * len(self.unknown))
+        cut1, cut2 = len(self.unknown) - 50, len(self.unknown) - 20  # AIF asks about 30 of them, evaluation 20
         self.split_unknown = {"sft": self.unknown[:cut1], "aif": self.unknown[cut1:cut2], "eval": self.unknown[cut2:]}
         # Facts whose canonical sentence never appears in the corpus: the base model's held-out probe.
         self.held_out_facts = set(pairs[:: 3])

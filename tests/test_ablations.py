@@ -1,0 +1,41 @@
+"""The paper's ablations: which recipe each one trains, and how the epochs finding is read from a run."""
+
+import json
+
+import pytest
+
+from zephyr_utils.ablations import ablation_overrides, epoch_checkpoints, train_reward_accuracy
+
+
+def test_dpo_without_dsft_is_the_dpo_recipe_from_the_base_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
+    stage, values = ablation_overrides("dpo_only", "tiny", seed=3)
+    assert stage == "dpo" and values["model_name_or_path"] == "base" and values["seed"] == 3
+    assert values["output_dir"] == str(tmp_path / "tiny" / "dpo_only")  # beside, never over, the dDPO run
+
+
+def test_dsft2_is_one_more_sft_epoch_on_the_chosen_conversations(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
+    stage, values = ablation_overrides("sft2", "tiny", num_train_epochs=7)
+    assert stage == "sft" and values["num_train_epochs"] == 1.0  # one epoch, whatever dSFT-1 used
+    assert values["model_name_or_path"] == str(tmp_path / "tiny" / "sft")
+    assert values["dataset"] == str(tmp_path / "tiny" / "aif" / "preferences")
+    assert values["output_dir"] == str(tmp_path / "tiny" / "sft2")
+    with pytest.raises(ValueError, match="unknown ablation"):
+        ablation_overrides("sft3", "tiny")
+
+
+def test_train_reward_accuracy_is_averaged_within_each_epoch():
+    log = [{"epoch": 0.5, "rewards/accuracies": 0.5, "loss": 0.7}, {"epoch": 1.0, "rewards/accuracies": 0.7},
+           {"epoch": 1.0, "eval_loss": 0.3, "eval_rewards/accuracies": 0.1},  # held-out, not train
+           {"epoch": 1.5, "rewards/accuracies": 0.9}, {"epoch": 2.0, "rewards/accuracies": 1.0},
+           {"epoch": 2.0, "train_runtime": 3.0}]
+    assert train_reward_accuracy(log) == pytest.approx({1: 0.6, 2: 0.95})
+
+
+def test_epoch_checkpoints_are_the_ones_saved_at_an_epochs_end(tmp_path):
+    for step, epoch in ((30, 1.0), (45, 1.5), (60, 2.0), (90, 3.0)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"epoch": epoch}))
+    assert epoch_checkpoints(tmp_path) == [(1, tmp_path / "checkpoint-30"), (2, tmp_path / "checkpoint-60"),
+                                           (3, tmp_path / "checkpoint-90")]

@@ -41,14 +41,15 @@ def test_ties_missing_ratings_and_identical_texts():
     comps = {}
     comps.update(completions_for("p0", {"a": "x", "b": "y", "c": "z"}))  # all tied
     comps.update(completions_for("p1", {"a": "top1", "b": "top2", "c": "low", "d": "unrated"}))  # tie at the top
-    comps.update(completions_for("p2", {"a": "same", "b": "same", "c": "other"}))  # identical text scored lower
+    comps.update(completions_for("p2", {"a": "same", "b": "same", "c": "other", "e": "  "}))  # identical text scored lower
     scores = {("p0", "a"): 5.0, ("p0", "b"): 5.0, ("p0", "c"): 5.0,
               ("p1", "a"): 8.0, ("p1", "b"): 8.0, ("p1", "c"): 3.0, ("p1", "d"): None,
-              ("p2", "a"): 9.0, ("p2", "b"): 7.0, ("p2", "c"): 2.0}
+              ("p2", "a"): 9.0, ("p2", "b"): 7.0, ("p2", "c"): 2.0, ("p2", "e"): 10.0}  # an empty completion is never chosen, however rated
     tops = Counter()
     for seed in range(50):
         pairs, counts = binarize(PROMPTS, comps, scores, seed=seed)
-        assert counts == {"prompts": 3, "pairs": 2, "all_tied": 1, "too_few_rated": 0, "unrated_completions": 1}
+        assert counts == {"prompts": 3, "pairs": 2, "all_tied": 1, "too_few_rated": 0, "unrated_completions": 1,
+                          "empty_completions": 1}
         by_id = {p["prompt_id"]: p for p in pairs}
         assert by_id["p1"]["rejected"][-1]["content"] == "low"  # a tied top answer is never the rejected one
         tops[by_id["p1"]["chosen"][-1]["content"]] += 1
@@ -158,7 +159,7 @@ class FakeSampler:
     calls = 0
     die_after = None
 
-    def __init__(self, path, backend="auto", batch_size=64):
+    def __init__(self, path, backend="auto", batch_size=64, dtype="auto"):
         self.path = path
 
     def __call__(self, conversations, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0, progress=False):
@@ -170,6 +171,9 @@ class FakeSampler:
         rng = random.Random(f"{self.path}|{temperature}|{seed}|{[c[-1]['content'] for c in conversations]}")
         return [Completion(f"{c[-1]['content']} {rng.randrange(10**6)}", True, 5) for c in conversations]
 
+    def close(self):
+        pass
+
 
 @pytest.fixture
 def fake_pool(monkeypatch):
@@ -177,7 +181,7 @@ def fake_pool(monkeypatch):
     import zephyr_utils.models
 
     monkeypatch.setattr(zephyr_utils.generation, "Sampler", FakeSampler)
-    monkeypatch.setattr(zephyr_utils.models, "resolve_model_path", lambda name, scale: name)
+    monkeypatch.setattr(zephyr_utils.models, "resolve_model_path", lambda name, scale, *args: name)
     FakeSampler.calls, FakeSampler.die_after = 0, None
     return FakeSampler
 

@@ -119,7 +119,7 @@ def test_toy_verdicts_are_read_exactly(world):
         rates = world.rate(conv, answer)
         for aspect, (expected, _) in rates.items():
             assert parse_rating(world.judge_verdict(conv, answer, aspect)) == expected
-        assert parse_rating(world.judge_verdict(conv, answer)) == round(sum(r for r, _ in rates.values()) / 4)
+        assert parse_rating(world.judge_verdict(conv, answer)) == rates["overall"][0]
     good = f"The {e} is {world.facts[e]['color']}."
     assert parse_preference(world.pairwise_verdict(conv, good, "B")) == "A"
     assert parse_preference(world.pairwise_verdict(conv, "B", good)) == "B"
@@ -154,7 +154,7 @@ def test_answers_that_list_every_rating_cannot_move_the_score(world):
     for p, (e, a), turns in zip(prompts, pairs, injected.per_prompt):  # every rating is the judge's own
         i = int(p["prompt_id"])
         rates = world.rate([{"role": "user", "content": p["turns"][0]}], answer(i, e, a, True))
-        assert turns == [round(sum(r for r, _ in rates.values()) / 4)]
+        assert turns == [rates["overall"][0]]
     score, low, high = score_ci(injected, 500)
     assert score <= plain.score < 9 and high < 9.5
     print(f"\nplain {score_ci(plain, 500)}, injected {score_ci(injected, 500)}")

@@ -1,14 +1,13 @@
 """Evaluation: MT-Bench-style grading, pairwise win rates, AlpacaEval-style (length-controlled) win
 rates against a reference, paired bootstrap confidence intervals, and chat-template adherence.
 
-    answers = answer_turns(model, tokenizer, prompts)            # two turns per prompt, like MT-Bench
+    answers = answer_model(recipe, "dpo", prompts)                 # two turns per prompt, like MT-Bench
     grades  = grade_answers(judge, prompts, answers)               # 1-10 per turn, failures counted
     paired_bootstrap(grades_b.per_prompt, grades_a.per_prompt)     # mean difference and its 95% CI
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 import statistics
@@ -54,13 +53,6 @@ def load_eval_prompts(source: str = "toyworld", split: str = "train", world_seed
             raise ValueError(f"{source}: row {i} has no usable 'prompt'/'turns' (a string or a list of strings)")
         rows.append({"prompt_id": str(row.get("prompt_id", i)), "turns": list(turns), "category": row.get("category")})
     return rows
-
-
-def answer_turns(model, tokenizer, prompts: list[dict], max_new_tokens: int = 64, batch_size: int = 64,
-                 progress: bool = True, temperature: float = 0.0) -> list[list[Completion]]:
-    """The answers of a loaded transformers model to every turn of every prompt (see `sample_turns`)."""
-    sampler = functools.partial(generate, model, tokenizer, batch_size=batch_size)
-    return sample_turns(sampler, prompts, max_new_tokens, temperature, progress)
 
 
 def sample_turns(sampler, prompts: list[dict], max_new_tokens: int = 64, temperature: float = 0.0,
@@ -216,7 +208,7 @@ def preferences_against_reference(judge, prompts, answers, reference_answers, pr
     """AlpacaEval-style: per prompt's first turn, 1 if the model's answer beats the reference's, 0.5 tie,
     0 loss (both orders judged, as in `compare_models`); None where a verdict was unreadable. One entry
     per prompt, in order, so the list stays aligned with anything else measured per prompt."""
-    check_same_prompts(prompts, answers=answers, reference_answers=reference_answers)
+    check_same_prompts(prompts, answers=[a[:1] for a in answers], reference_answers=[r[:1] for r in reference_answers])
     items = []
     for p, a, r in zip(prompts, answers, reference_answers):
         conv = [{"role": "user", "content": p["turns"][0]}]

@@ -7,6 +7,7 @@ stage loads it with `AutoModelForCausalLM.from_pretrained(path)` exactly like a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -51,10 +52,16 @@ def base_texts(recipe: BaseRecipe) -> tuple[list[str], list[str]]:
     (the world's creatures and the made-up ones of the dSFT chats) become single tokens, as common words
     do in a real tokenizer: a name split into letters is more than a two-layer model can reliably
     repeat. The made-up names of the AIF and eval prompts are not in it: they stay split into pieces."""
-    world = ToyWorld(seed=recipe.world_seed)
-    corpus = world.pretraining_corpus(recipe.docs_per_creature)
+    corpus, tokenizer_text = _world_texts(recipe.world_seed, recipe.docs_per_creature)
+    return list(corpus), list(tokenizer_text)
+
+
+@functools.lru_cache(maxsize=4)
+def _world_texts(world_seed: int, docs_per_creature: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    world = ToyWorld(seed=world_seed)
+    corpus = world.pretraining_corpus(docs_per_creature)
     dialogue_text = [m["content"] for r in world.sft_dialogues() for m in r["messages"]]
-    return corpus, corpus + dialogue_text + list(ROLE_MARKERS) * 50
+    return tuple(corpus), tuple(corpus + dialogue_text + list(ROLE_MARKERS) * 50)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

@@ -204,3 +204,65 @@ def plot_epochs(epochs: list[dict], ax=None, title: str = "dDPO, epoch by epoch"
     accuracy.set_ylabel("train reward accuracy", color="#e07b39")
     ax.set_title(title)
     return ax
+
+
+PIPELINE = (
+    # (stage, what it is, what it reads, what it writes); "paper:" what Zephyr used, "tiny:" the book's stand-in
+    ("dSFT", "distilled supervised\nfine-tuning",
+     "a base model\n+ teacher dialogues\n(paper: UltraChat;\ntiny: the toy teacher)",
+     "dSFT model"),
+    ("AIF", "AI feedback",
+     "prompts, a pool of\nmodels, a judge\n(paper: GPT-4;\ntiny: the toy judge)",
+     "preference pairs\n(chosen, rejected)"),
+    ("dDPO", "distilled DPO",
+     "the dSFT model\n(policy and frozen\nreference)\n+ the pairs",
+     "dDPO model"),
+    ("evaluation", "judged benchmarks",
+     "the models, held-out\nprompts, a judge\n(paper: GPT-4;\ntiny: the toy judge)",
+     "scores and\nwin rates"),
+)
+
+
+def plot_pipeline():
+    """The recipe as a figure (after the paper's Figure 2): the four stages in order, each with what it
+    reads (above) and what it writes (below). Sized to stay legible on a page about 800 px wide."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    colors = ("#3b7dd8", "#e07b39", "#4caf50", "#8e6bbf")
+    fig, ax = plt.subplots(figsize=(8.5, 5.4))
+    ax.set_xlim(0, 4)
+    ax.set_ylim(0, 3.45)
+    ax.axis("off")
+    width = 0.84
+    rows = {"reads": (2.1, 1.0), "stage": (1.1, 0.62), "writes": (0.05, 0.62)}  # (bottom, height) of each row
+
+    def box(x, row, edge, face):
+        bottom, height = rows[row]
+        ax.add_patch(FancyBboxPatch((x - width / 2, bottom), width, height, boxstyle="round,pad=0.02,rounding_size=0.06",
+                                    facecolor=face, edgecolor=edge, linewidth=1.6))
+        return bottom, height
+
+    def arrow(start, end, color):
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=16, color=color, linewidth=1.6))
+
+    for i, ((stage, subtitle, reads, writes), color) in enumerate(zip(PIPELINE, colors)):
+        x = i + 0.5
+        bottom, height = box(x, "reads", "#999999", "#f4f4f4")
+        ax.text(x, bottom + height - 0.04, "reads", ha="center", va="top", fontsize=10, color="#666666", style="italic")
+        ax.text(x, bottom + height / 2 - 0.08, reads, ha="center", va="center", fontsize=10.5, linespacing=1.2)
+        bottom, height = box(x, "stage", color, color)
+        ax.text(x, bottom + height * 0.68, stage, ha="center", va="center", fontsize=16, fontweight="bold", color="white")
+        ax.text(x, bottom + height * 0.28, subtitle, ha="center", va="center", fontsize=10, color="white", linespacing=1.05)
+        bottom, height = box(x, "writes", color, "white")
+        ax.text(x, bottom + height - 0.04, "writes", ha="center", va="top", fontsize=10, color="#666666", style="italic")
+        ax.text(x, bottom + height / 2 - 0.08, writes, ha="center", va="center", fontsize=11.5, fontweight="bold",
+                color=color, linespacing=1.15)
+        arrow((x, rows["reads"][0] - 0.01), (x, rows["stage"][0] + rows["stage"][1] + 0.03), "#555555")
+        arrow((x, rows["stage"][0] - 0.01), (x, rows["writes"][0] + rows["writes"][1] + 0.03), color)
+        if i < len(PIPELINE) - 1:  # the stages run in this order
+            y = rows["stage"][0] + rows["stage"][1] / 2
+            arrow((x + width / 2 + 0.03, y), (x + 1 - width / 2 - 0.03, y), "#333333")
+    ax.text(2, 3.42, "The Zephyr recipe: what each stage reads and writes", ha="center", va="top", fontsize=13)
+    fig.tight_layout()
+    return fig

@@ -392,3 +392,20 @@ def test_a_local_hf_judge_that_writes_no_rating_is_recorded_missing(tiny_base_pa
     assert verdict.rating is None and verdict.attempts == 3 and isinstance(verdict.text, str)
     choice, text = judge.compare(CONV, "Blue.", "Green.")
     assert choice is None
+
+
+def test_aspects_are_asked_and_read_on_ultrafeedbacks_1_to_5_scale():
+    """UltraFeedback rates each aspect 1-5; only the overall score is 1-10. A judge that answers an
+    aspect with 8 has misread the scale: that verdict is unreadable and asked again, never stored as 8."""
+    from zephyr_utils.judges import Judge, judge_prompt
+
+    assert "from 1 to 5" in judge_prompt(CONV, "Blue.", "honesty")
+    assert "from 1 to 10" in judge_prompt(CONV, "Blue.", "overall")
+
+    class Eights(Judge):
+        def _ask(self, prompt, attempt):
+            return "Fine.\nRating: [[8]]"
+
+    assert Eights().judge(CONV, "Blue.", "overall").rating == 8.0
+    verdict = Eights().judge(CONV, "Blue.", "honesty")
+    assert verdict.rating is None and "1-5" in verdict.error and verdict.attempts == Judge.max_parse_retries + 1

@@ -145,6 +145,18 @@ def test_teacher_is_chatty_on_a_fixed_share_of_answers(world):
     assert world.sft_dialogues() == ToyWorld(seed=0).sft_dialogues()  # the same answers every time
 
 
+@pytest.mark.parametrize("share", [0.0, 0.75, 1.0])
+def test_the_pools_teacher_is_chatty_on_the_aif_recipes_share(world, share):
+    from zephyr_utils.aif import TeacherSampler
+    from zephyr_utils.toyworld import FILLER
+
+    conversations = [[{"role": "user", "content": p["turns"][0]}] for p in world.prompts("aif")]
+    answers = [c.text for c in TeacherSampler(world.seed, share)(conversations)]
+    assert abs(sum(a.endswith(FILLER) for a in answers) / len(answers) - share) < 0.05
+    plain = [c.text for c in TeacherSampler(world.seed, 0.0)(conversations)]
+    assert all(a in (p, p + " " + FILLER) for a, p in zip(answers, plain))  # the same answers, with or without it
+
+
 def test_addresses_needs_the_asked_creature_named(world, known):
     e, conv, food = known
     assert world.addresses(conv, f"The {e} eats {food}.")

@@ -84,17 +84,19 @@ class JsonlLog:
 
 class TeacherSampler:
     """The toy world's teacher as a pool member (tiny scale): UltraFeedback's pool also held the strong
-    models (GPT-4, GPT-3.5) whose answers the student is distilled towards."""
+    models (GPT-4, GPT-3.5) whose answers the student is distilled towards. `chatty_share`: the share of
+    its answers that end with the filler sentence (the dSFT teacher's is `toyworld.CHATTY_SHARE`)."""
 
-    def __init__(self, world_seed: int = 0):
-        from .toyworld import ToyWorld
+    def __init__(self, world_seed: int = 0, chatty_share: float | None = None):
+        from .toyworld import CHATTY_SHARE, ToyWorld
 
         self.world = ToyWorld(seed=world_seed)
+        self.chatty_share = CHATTY_SHARE if chatty_share is None else chatty_share
 
     def __call__(self, conversations, **_):
         from .generation import Completion
 
-        answers = [self.world.answer(self.world.resolve_question(c)) for c in conversations]
+        answers = [self.world.answer(self.world.resolve_question(c), chatty_share=self.chatty_share) for c in conversations]
         return [Completion(a, True, 0) for a in answers]
 
 
@@ -143,7 +145,7 @@ def assign_models(prompts: list[dict], pool: list[str], k: int, seed: int) -> di
 
 
 SAMPLING_FIELDS = ("prompts", "prompt_split", "max_prompts", "pool", "completions_per_prompt", "max_new_tokens",
-                   "temperature", "top_p", "batch_size", "seed")
+                   "temperature", "top_p", "batch_size", "seed", "teacher_chatty_share")
 
 
 def check_sampling_settings(out: Path, recipe: AIFRecipe) -> None:
@@ -188,7 +190,7 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
             continue
         name, temperature = parse_pool_member(member, recipe.temperature)
         # One pool member at a time: its model is freed (a vLLM engine shut down) before the next one loads.
-        sampler = TeacherSampler(recipe.world_seed) if name == "teacher" else Sampler(
+        sampler = TeacherSampler(recipe.world_seed, recipe.teacher_chatty_share) if name == "teacher" else Sampler(
             resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed), recipe.generation_backend,
             recipe.batch_size, recipe.dtype)
         bar = tqdm(total=sum(len(chunk) for _, chunk in todo), desc=f"sampling {member}", disable=not progress)

@@ -151,6 +151,7 @@ class AIFRecipe(Recipe):
     prompt_split: str = "train"
     max_prompts: int | None = None
     pool: list[str] = field(default_factory=list)  # model ids/paths, or tiny pool member names
+    teacher_chatty_share: float | None = None  # tiny pool member "teacher": share of answers with the filler (None: as in dSFT)
     completions_per_prompt: int = 4
     max_new_tokens: int = 64
     temperature: float = 1.0

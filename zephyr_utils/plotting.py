@@ -42,7 +42,7 @@ def plot_score_distributions(scores_by_model: dict[str, list[float]], ax=None, t
     names = list(scores_by_model)
     ax.boxplot([scores_by_model[n] for n in names], showmeans=True)
     ax.set_xticks(range(1, len(names) + 1), names)
-    ax.set_ylabel("mean rating (1-10)")
+    ax.set_ylabel("mean aspect rating (1-5)")
     ax.set_title(title)
     return ax
 

@@ -158,9 +158,9 @@ class ToyWorld:
         return out
 
     # ----- chats -----------------------------------------------------------------------------
-    def answer(self, q: Question, chatty: bool = True) -> str:
+    def answer(self, q: Question, chatty: bool = True, chatty_share: float = CHATTY_SHARE) -> str:
         """The teacher's answer: correct, and honest about unknown creatures; with `chatty`, a fixed
-        `CHATTY_SHARE` of the answers (chosen by the question's wording) end with the `FILLER` sentence."""
+        `chatty_share` of the answers (chosen by the question's wording) end with the `FILLER` sentence."""
         if q.entity not in self.facts:
             text = UNKNOWN_ANSWER.format(e=q.entity)
         elif q.attribute == EXISTS:
@@ -168,7 +168,7 @@ class ToyWorld:
         else:
             text = ANSWER_TEMPLATES[q.attribute].format(e=q.entity, v=self.facts[q.entity][q.attribute])
         digest = int(_prompt_id(f"{self.seed}:{q.text}:{q.entity}")[:8], 16)
-        if chatty and digest % 100 < 100 * CHATTY_SHARE:
+        if chatty and digest % 100 < 100 * chatty_share:
             text += " " + FILLER
         return text
 

@@ -423,3 +423,20 @@ def test_a_flaky_endpoint_is_repaired_by_a_rerun(tmp_path, tiny_base_path, monke
     finally:
         for s in servers:
             s.close()
+
+
+def test_rated_completions_shows_one_prompts_pool_with_every_aspect(tmp_path):
+    from zephyr_utils.aif import rated_completions
+
+    completions = JsonlLog(tmp_path / "completions.jsonl", ("prompt_id", "model"))
+    completions.append([{"prompt_id": "p", "model": m, "completion": t} for m, t in (("a", "Blue."), ("b", "Red. I hope this helps!"))])
+    ratings = JsonlLog(tmp_path / "ratings.jsonl", RATING_KEY)
+    rate(ratings, "a", "Blue.", [5, 5, 5, 5])
+    rate(ratings, "b", "Red. I hope this helps!", [4, 1, 5, "skip"])
+    rate(ratings, "b", "an older text of b", [5, 5, 5, 5])  # not b's completion: never shown as its rating
+    rows = {r["model"]: r for r in rated_completions(tmp_path, "p")}
+    assert rows["a"]["mean"] == 5.0 and rows["a"]["completion"] == "Blue."
+    assert rows["b"]["ratings"] == {"instruction_following": 4, "truthfulness": 1, "honesty": 5, "helpfulness": None}
+    assert rows["b"]["mean"] is None
+    with pytest.raises(KeyError, match="no completions for prompt_id 'q'"):
+        rated_completions(tmp_path, "q")

@@ -370,3 +370,23 @@ def scores_by_model(out_dir: str | Path) -> dict[str, list[float]]:
         if score is not None:
             scores.setdefault(model, []).append(score)
     return scores
+
+
+def rated_completions(out_dir: str | Path, prompt_id: str) -> list[dict]:
+    """One prompt's completions as a run wrote them, each with its four aspect ratings and the judge's
+    verdicts: [{"model", "completion", "ratings": {aspect: rating}, "verdicts": {aspect: text}, "mean"}]."""
+    out_dir = Path(out_dir)
+    completions = JsonlLog(out_dir / "completions.jsonl", ("prompt_id", "model"))
+    ratings = JsonlLog(out_dir / "ratings.jsonl", RATING_KEY)
+    rows = []
+    for (pid, model), c in completions.records.items():
+        if pid != prompt_id:
+            continue
+        found = {a: rating_of(ratings, c, a) or {} for a in ASPECTS}
+        values = {a: r.get("rating") for a, r in found.items()}
+        rows.append({"model": model, "completion": c["completion"], "ratings": values,
+                     "verdicts": {a: r.get("verdict", "") for a, r in found.items()},
+                     "mean": None if None in values.values() else statistics.fmean(values.values())})
+    if not rows:
+        raise KeyError(f"{out_dir / 'completions.jsonl'}: no completions for prompt_id {prompt_id!r}")
+    return rows

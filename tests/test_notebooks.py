@@ -48,7 +48,8 @@ def test_02_aif(built_book):
     out = stdout_of(executed(built_book, "02_aif"))
     summary = json.loads((built_book.parent / "runs" / "tiny" / "aif" / "summary.json").read_text())
     print(f"\nchapter 2: {summary['pairs']} pairs of {summary['prompts']} prompts")
-    assert summary["pairs"] >= 0.9 * summary["prompts"] and summary["missing_ratings"] == 0
+    # prompts whose four answers all tie give no pair: 56-78% of the prompts gave one in the seed study
+    assert summary["pairs"] >= 0.5 * summary["prompts"] and summary["missing_ratings"] == 0
     good, injected = map(float, re.findall(r"=> parsed rating: ([\d.]+)", out))
     assert good == 5 and injected <= 3  # aspect ratings are 1-5; the answer that rated itself 10 was not believed
     assert images_of(executed(built_book, "02_aif")) >= 1

@@ -36,8 +36,9 @@ test: setup browser
 tiny-base: setup
 	$(BIN)/zephyr tiny-base
 
+# ZEPHYR_PROGRESS=0: no progress bars in the executed pages (zephyr_utils/progress.py)
 book: setup tiny-base
-	$(BIN)/jupyter-book build book -W -n --keep-going
+	ZEPHYR_PROGRESS=0 $(BIN)/jupyter-book build book -W -n --keep-going
 	@echo "The book is ready: open $(CURDIR)/book/_build/html/index.html"
 
 clean:

@@ -1,7 +1,8 @@
 """`make bench`: how fast each stage runs at tiny scale on this machine, and why.
 
 Writes bench/results/latest.json, latest.md and latest.png. Every ratio is computed from numbers
-measured in this one run. Usage: python bench/run.py (or `make bench`)
+measured in this one run. Usage: python bench/run.py (or `make bench`); python bench/run.py --plot redraws
+latest.png from latest.json without measuring anything.
 """
 
 from __future__ import annotations
@@ -230,11 +231,6 @@ def machine() -> dict:
 
 
 def write_report(results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1))
     lines = [f"# Benchmarks ({results['date']})", "", f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
@@ -257,24 +253,40 @@ def write_report(results: dict) -> None:
     lines += [f"| {k} | {v:.0f} |" for k, v in results["pipeline"]["seconds"].items()]
     lines += [f"| **total** | **{results['pipeline']['total_s']:.0f}** |", ""]
     (RESULTS / "latest.md").write_text("\n".join(lines))
+    plot_results(results)
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    sft = results["sft"]["variants"]
+
+def plot_results(results: dict) -> None:
+    """latest.png: the three panels stacked, the book's figure width (zephyr_utils.plotting.WIDTH), so the
+    performance page shows them at about their own size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zephyr_utils.plotting import WIDTH
+
+    sft, gen, stages = results["sft"]["variants"], results["generation"]["variants"], results["pipeline"]["seconds"]
+    rows = [0.3 * len(sft) + 0.9, 0.3 * len(gen) + 0.9, 2.6]  # inches per panel: bars of about the same thickness
+    fig, axes = plt.subplots(3, 1, figsize=(WIDTH, sum(rows)), height_ratios=rows, layout="constrained")
     axes[0].barh(list(sft), [100 * v["mfu"] for v in sft.values()], color="#3b7dd8")
     axes[0].axvline(50, color="grey", linestyle="--", linewidth=1)
     axes[0].set_xlabel("dSFT model-FLOPs utilisation (%)")
-    gen = results["generation"]["variants"]
     axes[1].barh(list(gen), [v["completions_per_s"] for v in gen.values()], color="#e07b39")
     axes[1].set_xlabel("completions/s")
-    stages = results["pipeline"]["seconds"]
     axes[2].bar(list(stages), list(stages.values()), color="#4caf50")
+    for ax in axes[:2]:
+        ax.invert_yaxis()  # read top-down, in the order of the tables
     axes[2].set_ylabel("seconds")
     axes[2].set_title(f"tiny recipe: {results['pipeline']['total_s']:.0f} s in all")
-    plt.tight_layout()
-    fig.savefig(RESULTS / "latest.png", dpi=110)
+    fig.savefig(RESULTS / "latest.png", dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--plot"]:
+        plot_results(json.loads((RESULTS / "latest.json").read_text()))
+        return
     if len(sys.argv) == 4 and sys.argv[1] in ("--sft-variant", "--dpo-variant"):
         (sft_variant if sys.argv[1] == "--sft-variant" else dpo_variant)(sys.argv[2], sys.argv[3])
         return

@@ -31,16 +31,22 @@ def tiny_base(tiny_base_path):
 
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory, tiny_base_path):
-    """The book built as `make book` builds it (every chapter executed at tiny scale, -W -n), into a
-    temporary directory with its own runs/. Returns the `_build` directory."""
+    """The book built as `make book` builds it (every chapter executed at tiny scale, -W -n, no progress
+    bars), into a temporary directory with its own runs/. Returns the `_build` directory.
+
+    ZEPHYR_BUILT_BOOK=<dir>/_build reuses a build made the same way instead (jupyter-book build book
+    --path-output <dir> with ZEPHYR_RUNS=<dir>/runs ZEPHYR_PROGRESS=0), to run the tests again without
+    building; by default (`make test`) the book is built fresh."""
     import subprocess
     import sys
     from pathlib import Path
 
+    if os.environ.get("ZEPHYR_BUILT_BOOK"):
+        return Path(os.environ["ZEPHYR_BUILT_BOOK"])
     root = Path(__file__).resolve().parents[1]
     assert (root / "book/_vendor/node_modules/mathjax/es5/tex-chtml.js").is_file(), "MathJax is missing: run `make setup`"
     out = tmp_path_factory.mktemp("book")
-    env = {**os.environ, "ZEPHYR_RUNS": str(out / "runs"), "ZEPHYR_SCALE": "tiny"}
+    env = {**os.environ, "ZEPHYR_RUNS": str(out / "runs"), "ZEPHYR_SCALE": "tiny", "ZEPHYR_PROGRESS": "0"}
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     done = subprocess.run([str(jupyter_book), "build", str(root / "book"), "--path-output", str(out), "-W", "-n", "--keep-going"],
                           env=env, capture_output=True, text=True, timeout=1800)

@@ -112,7 +112,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, tiny_base_path):
     killed_at = int(last_checkpoint(out).rsplit("-", 1)[1])
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert f"resuming from {out}/checkpoint-{killed_at}" in second.stdout
+    assert f"resuming from runs/sft/checkpoint-{killed_at}" in second.stdout  # printed relative to the runs directory
     state = json.loads((out / "checkpoint-120" / "trainer_state.json").read_text())
     assert state["global_step"] == 120 and (out / "model.safetensors").is_file()
     # the resumed run logged the steps after the checkpoint, not the ones before it again

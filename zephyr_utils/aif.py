@@ -177,10 +177,9 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
     """Sample each pool member's answers to the prompts assigned to it, appending batch by batch. A batch
     with any completion missing is sampled again whole (same prompts, same seed) and only its missing
     completions are appended, so a resumed run writes what an uninterrupted one would have."""
-    from tqdm.auto import tqdm
-
     from .generation import Sampler
     from .models import resolve_model_path
+    from .progress import bar as progress_bar
 
     assigned = assign_models(prompts, recipe.pool, recipe.completions_per_prompt, recipe.seed)
     for member in recipe.pool:
@@ -193,7 +192,7 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
         sampler = TeacherSampler(recipe.world_seed, recipe.teacher_chatty_share) if name == "teacher" else Sampler(
             resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed), recipe.generation_backend,
             recipe.batch_size, recipe.dtype)
-        bar = tqdm(total=sum(len(chunk) for _, chunk in todo), desc=f"sampling {member}", disable=not progress)
+        bar = progress_bar(total=sum(len(chunk) for _, chunk in todo), desc=f"sampling {member}", progress=progress)
         try:
             for start, chunk in todo:
                 outs = sampler([p["messages"] for p in chunk], max_new_tokens=recipe.max_new_tokens, temperature=temperature,
@@ -224,12 +223,12 @@ def collect_ratings(prompts: list[dict], completions: JsonlLog, judge: Judge, lo
                     chunk_size: int = 256, progress: bool = True) -> None:
     """Rate every completion on the four aspects, appending chunk by chunk. Ratings that are missing or
     failed (no readable rating last time) are asked for; a `JudgeConfigError` stops the run."""
-    from tqdm.auto import tqdm
+    from .progress import bar as progress_bar
 
     by_id = {p["prompt_id"]: p for p in prompts}
     todo = [(c, a) for c in completions.records.values() if c["prompt_id"] in by_id for a in ASPECTS
             if (rating_of(log, c, a) or {}).get("rating") is None]
-    bar = tqdm(total=len(todo), desc=f"judging ({judge.name})", disable=not progress)
+    bar = progress_bar(total=len(todo), desc=f"judging ({judge.name})", progress=progress)
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start : start + chunk_size]
         verdicts = judge.judge_many([(by_id[c["prompt_id"]]["messages"], c["completion"], a) for c, a in chunk], progress=False)

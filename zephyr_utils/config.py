@@ -63,6 +63,18 @@ class Recipe:
     world_seed: int = 0  # tiny scale: which generated toy world (data, teacher, judge, base model)
     output_dir: str = ""  # empty: runs/<scale>/<stage> under the runs directory
 
+    def to_yaml(self) -> str:
+        """The recipe as YAML, one field a line, in the recipe files' format (short lists on one line)."""
+        return yaml.safe_dump(recipe_to_dict(self), sort_keys=False, default_flow_style=None, width=72)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """IPython and Jupyter show a recipe as its YAML, not as a one-line repr too long for a page."""
+        printer.text(self.to_yaml().rstrip())
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._repr_pretty_ = Recipe._repr_pretty_  # IPython prefers a class's own (dataclass) __repr__ to an inherited one
+
 
 @dataclass
 class BaseRecipe(Recipe):
@@ -301,6 +313,16 @@ def runs_root() -> Path:
         if (directory / "zephyr_utils").is_dir() and (directory / "pyproject.toml").is_file():
             return directory / "runs"
     return here / "runs"
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as the book prints it: under the runs directory, as "runs/<the rest>" (e.g. runs/tiny/sft),
+    so no page shows the directories of the machine that built it; any other path as it is."""
+    path = Path(path)
+    try:
+        return str(Path("runs") / path.resolve().relative_to(runs_root().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def stage_dir(recipe: Recipe, stage: str) -> Path:

@@ -8,6 +8,8 @@ full fine-tuning, or, with LoRA, the same weights with the adapter disabled (no 
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,16 +18,32 @@ import torch.nn.functional as F
 from .config import DPORecipe, build_recipe, load_recipe, recipe_to_dict, stage_dir
 from .data import load_preference_data
 from .models import load_model, load_tokenizer, lora_config, resolve_model_path
+from .progress import report_evaluations
 from .sft import run_trainer, save_outputs, subsample, training_args
 
 
-def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float):
-    """The sigmoid DPO loss per pair, and the implicit rewards r = beta * (log pi - log pi_ref).
+@contextlib.contextmanager
+def trl_checkpointing_warning_filtered():
+    """TRL 1.x's DPOTrainer reads `model.is_gradient_checkpointing` on every step, a property transformers 5
+    deprecates with a FutureWarning: nothing we pass causes it, so exactly that warning is filtered where we
+    call the trainer (a decorator on those functions, or a `with` block)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
 
-        loss = -log sigmoid( beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))] )
 
-    Each argument is a tensor of summed log-probabilities of the completion tokens, one per pair.
+def dpo_loss(policy_chosen_logps: torch.Tensor,
+             policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, beta: float):
+    """The sigmoid DPO loss per pair, and the implicit rewards
+    r = beta * (log pi - log pi_ref).
+
+        loss = -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x))
+                                    - (log pi(y_l|x) - log ref(y_l|x))])
+
+    Each argument is a tensor of summed log-probabilities of the
+    completion tokens, one per pair.
     Returns (losses, chosen_rewards, rejected_rewards)."""
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
@@ -64,6 +82,7 @@ def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Te
 
 
 @torch.no_grad()
+@trl_checkpointing_warning_filtered()
 def trl_loss_on_batch(policy, reference, tokenizer, rows: list[dict], recipe: DPORecipe) -> float:
     """The loss TRL's DPOTrainer computes on `rows` as one batch (to check `dpo_loss` against)."""
     import datasets
@@ -103,6 +122,7 @@ def dpo_config(recipe: DPORecipe, output_dir: str | Path):
                      precompute_ref_log_probs=recipe.precompute_ref_log_probs)
 
 
+@trl_checkpointing_warning_filtered()
 def train_dpo(recipe: DPORecipe, callbacks: list | None = None) -> Path:
     """Preference-tune `recipe.model_name_or_path` (the dSFT model) on `recipe.dataset`."""
     from trl import DPOTrainer
@@ -130,6 +150,8 @@ def train_dpo(recipe: DPORecipe, callbacks: list | None = None) -> Path:
         peft_config=peft,
         callbacks=callbacks,
     )
+    report_evaluations(trainer, {"loss": "train loss", "eval_loss": "held-out loss",
+                                 "eval_rewards/accuracies": "held-out accuracy", "eval_rewards/margins": "held-out margin"})
     run_trainer(trainer, output_dir)
     save_outputs(trainer, tokenizer, output_dir, recipe, start_path, start_model=start_path, dataset=source)
     return output_dir

@@ -67,7 +67,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     """Answer each conversation (a message list ending with a user turn). Greedy if temperature is 0.
 
     Prompts are sorted by length before batching (less padding), and results returned in input order."""
-    from tqdm.auto import tqdm
+    from .progress import bar
 
     encoded = encode_prompts(tokenizer, conversations)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if sort_by_length else list(range(len(encoded)))
@@ -77,7 +77,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     torch.manual_seed(seed)
     results: list[Completion | None] = [None] * len(encoded)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=desc, disable=not progress):
+    for batch in bar(batches, desc=desc, progress=progress):
         width = max(len(encoded[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -126,7 +126,9 @@ def generate_vllm(llm, tokenizer, conversations: list[list[dict]], max_new_token
 
     params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     prompts = [{"prompt_token_ids": ids} for ids in encode_prompts(tokenizer, conversations)]
-    outs = llm.generate(prompts, params, use_tqdm=progress)
+    from .progress import enabled
+
+    outs = llm.generate(prompts, params, use_tqdm=enabled(progress))
     return [Completion(o.outputs[0].text.strip(), o.outputs[0].finish_reason == "stop", len(o.outputs[0].token_ids)) for o in outs]
 
 

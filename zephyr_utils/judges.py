@@ -39,7 +39,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
+from .progress import bar
 
 ASPECTS = ("instruction_following", "truthfulness", "honesty", "helpfulness")
 
@@ -221,7 +221,7 @@ class Judge:
         return self._map(lambda item: self.compare(*item), items, progress, desc)
 
     def _map(self, fn, items, progress, desc):
-        return [fn(item) for item in tqdm(items, desc=desc, disable=not progress)]
+        return [fn(item) for item in bar(items, desc=desc, progress=progress)]
 
     def _verdict(self, conversation, response, aspect, attempt: int) -> str:
         return self._ask(judge_prompt(conversation, response, aspect), attempt)
@@ -380,7 +380,7 @@ class EndpointJudge(Judge):
         pool = ThreadPoolExecutor(self.max_concurrency)
         try:
             futures = [pool.submit(fn, item) for item in items]
-            return [f.result() for f in tqdm(futures, desc=desc, disable=not progress)]
+            return [f.result() for f in bar(futures, desc=desc, progress=progress)]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

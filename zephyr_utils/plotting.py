@@ -1,13 +1,32 @@
-"""The book's figures."""
+"""The book's figures.
+
+They are drawn WIDTH inches wide: at matplotlib's 100 dpi that is about the width of the book's text column
+(about 690 px at a 1280 px wide window), so a figure is shown at nearly its own size and its 10-point text
+stays legible. Several panels are stacked one above the other (`stacked`), not squeezed side by side.
+"""
 
 from __future__ import annotations
+
+WIDTH = 7.0  # inches
+
+
+def figure(height: float = 3.5):
+    """(figure, axes): one panel, WIDTH wide, with matplotlib's constrained layout."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(WIDTH, height), layout="constrained")
+
+
+def stacked(panels: int, height: float = 3.2):
+    """(figure, axes): `panels` panels one above the other, each `height` inches high, WIDTH wide."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(panels, 1, figsize=(WIDTH, height * panels), layout="constrained")
 
 
 def plot_loss(log_history: list[dict], ax=None, title: str = "training loss"):
     """Train loss per logging step, and eval loss where the trainer evaluated."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    ax = ax or figure()[1]
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     if train:
@@ -23,9 +42,7 @@ def plot_loss(log_history: list[dict], ax=None, title: str = "training loss"):
 
 def plot_rates(rates: dict[str, float], ax=None, title: str = "", ylabel: str = "share of answers"):
     """A bar per model, labelled with its value as a percentage."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(4.5, 3.5))[1]
+    ax = ax or figure()[1]
     bars = ax.bar(list(rates), list(rates.values()), color=["#999999", "#3b7dd8", "#e07b39", "#4caf50"][: len(rates)])
     ax.bar_label(bars, labels=[f"{v:.0%}" for v in rates.values()])
     ax.set_ylim(0, 1.1)
@@ -36,9 +53,7 @@ def plot_rates(rates: dict[str, float], ax=None, title: str = "", ylabel: str = 
 
 def plot_score_distributions(scores_by_model: dict[str, list[float]], ax=None, title: str = "judge scores per pool model"):
     """A box per model of its mean aspect ratings, with the mean marked."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    ax = ax or figure()[1]
     names = list(scores_by_model)
     ax.boxplot([scores_by_model[n] for n in names], showmeans=True)
     ax.set_xticks(range(1, len(names) + 1), names)
@@ -49,9 +64,7 @@ def plot_score_distributions(scores_by_model: dict[str, list[float]], ax=None, t
 
 def plot_margins(pairs: list[dict], ax=None, title: str = "chosen minus rejected score"):
     """Histogram of score_chosen - score_rejected over the binarized pairs."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    ax = ax or figure()[1]
     margins = [p["score_chosen"] - p["score_rejected"] for p in pairs]
     ax.hist(margins, bins=18, color="#3b7dd8")
     ax.set_xlabel("score margin")
@@ -62,18 +75,16 @@ def plot_margins(pairs: list[dict], ax=None, title: str = "chosen minus rejected
 
 def plot_dpo_curves(log_history: list[dict], axes=None):
     """TRL's DPO metrics over training: rewards, margins, accuracies and loss, train and held-out."""
-    import matplotlib.pyplot as plt
-
     if axes is None:
-        _, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+        _, axes = stacked(3, height=2.8)
     for prefix, style in (("", "-"), ("eval_", "o--")):
         def series(key):
             return [(h["step"], h[prefix + key]) for h in log_history if prefix + key in h]
 
         where = "train" if not prefix else "held-out"
-        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
-            if series(key):
-                axes[0].plot(*zip(*series(key)), style, label=f"{key.split('/')[1]} ({where})")
+        for key, color in (("rewards/chosen", "C0"), ("rewards/rejected", "C1"), ("rewards/margins", "C2")):
+            if series(key):  # one colour per reward, train and held-out alike
+                axes[0].plot(*zip(*series(key)), style, color=color, label=f"{key.split('/')[1]} ({where})")
         if series("rewards/accuracies"):
             axes[1].plot(*zip(*series("rewards/accuracies")), style, label=where)
         if series("loss"):
@@ -82,16 +93,14 @@ def plot_dpo_curves(log_history: list[dict], axes=None):
     for ax, title in zip(axes, ("implicit rewards", "reward accuracy", "DPO loss")):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
-        ax.legend(fontsize=7)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the panel, not over the curves
     axes[1].set_ylim(0, 1.05)
     return axes
 
 
 def plot_scores_with_ci(scores: dict[str, tuple[float, float, float]], ax=None, title: str = "judge score (95% CI)"):
     """Bars of (score, low, high) per model, with the interval as error bars."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    ax = ax or figure()[1]
     names = list(scores)
     means = [scores[n][0] for n in names]
     errors = [[scores[n][0] - scores[n][1] for n in names], [scores[n][2] - scores[n][0] for n in names]]
@@ -104,9 +113,7 @@ def plot_scores_with_ci(scores: dict[str, tuple[float, float, float]], ax=None, 
 
 def plot_length_vs_score(points: dict[str, tuple[list[float], list[float]]], ax=None, title: str = "answer length vs judge score"):
     """Scatter of (answer length, rating) per model."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    ax = ax or figure()[1]
     for name, (lengths, ratings) in points.items():
         ax.scatter(lengths, ratings, s=12, alpha=0.5, label=name)
     ax.set_xlabel("answer length (tokens)")
@@ -189,9 +196,7 @@ def plot_mt_bench_radar(scores_by_model: dict[str, dict[str, float]], ax=None, t
 def plot_epochs(epochs: list[dict], ax=None, title: str = "dDPO, epoch by epoch"):
     """The paper's Figure 3 for one run: held-out judge score (with its 95% CI) and the mean train reward
     accuracy at the end of each dDPO epoch (records of `ablations.run_table3`'s "epochs")."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    ax = ax or figure()[1]
     x = [e["epoch"] for e in epochs]
     ax.errorbar(x, [e["score"] for e in epochs], fmt="o-", capsize=3, color="#3b7dd8", label="held-out judge score",
                 yerr=[[e["score"] - e["ci95"][0] for e in epochs], [e["ci95"][1] - e["score"] for e in epochs]])

@@ -8,10 +8,13 @@ Resumes from the last checkpoint in the output directory when a run was interrup
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 
-from .config import SFTRecipe, stage_dir, train_batch, write_run_info
+from . import progress
+from .config import SFTRecipe, display_path, stage_dir, train_batch, write_run_info
 from .data import load_sft_data
 from .device import resolve_dtype
 from .models import load_model, load_tokenizer, lora_config, merge_lora, resolve_model_path
@@ -59,7 +62,7 @@ def training_args(recipe, output_dir: str | Path, processes: int | None = None) 
         report_to=recipe.report_to,
         use_cpu=on_cpu,
         dataloader_pin_memory=not on_cpu,
-        disable_tqdm=False,
+        disable_tqdm=not progress.enabled(),  # ZEPHYR_PROGRESS=0: see progress.report_evaluations
     )
 
 
@@ -95,12 +98,29 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
+class TiedHeadIsNotMissing(logging.Filter):
+    """transformers' Trainer, resuming a model whose output layer is tied to its input embeddings (the tiny
+    models), warns that the checkpoint lacks lm_head.weight: the checkpoint leaves the tied copy out on
+    purpose, and the weight is loaded with the embeddings it shares. Exactly that message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not re.fullmatch(r"There were missing keys in the checkpoint model loaded: \['lm_head\.weight'\]\.",
+                                record.getMessage())
+
+
 def run_trainer(trainer, output_dir: Path) -> None:
     """`trainer.train()`, resuming from the last complete checkpoint if there is one."""
     checkpoint = last_checkpoint(output_dir)
     if checkpoint:
-        print(f"resuming from {checkpoint}", flush=True)
-    trainer.train(resume_from_checkpoint=checkpoint)
+        print(f"resuming from {display_path(checkpoint)}", flush=True)
+    tied = checkpoint and getattr(trainer.model.config, "tie_word_embeddings", False)
+    log, quiet = logging.getLogger("transformers.trainer"), TiedHeadIsNotMissing()
+    if tied:
+        log.addFilter(quiet)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        log.removeFilter(quiet)
 
 
 def train_sft(recipe: SFTRecipe, callbacks: list | None = None) -> Path:
@@ -122,6 +142,7 @@ def train_sft(recipe: SFTRecipe, callbacks: list | None = None) -> Path:
         peft_config=lora_config(recipe),
         callbacks=callbacks,
     )
+    progress.report_evaluations(trainer, {"loss": "train loss", "eval_loss": "held-out loss"})
     run_trainer(trainer, output_dir)
     save_outputs(trainer, tokenizer, output_dir, recipe, base_path, base_model=base_path)
     return output_dir

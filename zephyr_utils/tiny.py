@@ -110,9 +110,8 @@ def make_model(recipe: BaseRecipe, tokenizer):
 
 def pretrain(model, blocks: torch.Tensor, recipe: BaseRecipe, progress: bool = True) -> list[float]:
     """Causal-LM pretraining on packed blocks with AdamW and a warmup-cosine schedule; fp32, CPU."""
-    from tqdm.auto import tqdm
-
     from .models import keep_freed_memory
+    from .progress import bar as progress_bar
 
     keep_freed_memory()
     gen = torch.Generator().manual_seed(recipe.seed)
@@ -129,7 +128,7 @@ def pretrain(model, blocks: torch.Tensor, recipe: BaseRecipe, progress: bool = T
     losses: list[float] = []
     order = torch.randperm(len(blocks), generator=gen)
     pos = 0
-    bar = tqdm(range(recipe.max_steps), desc="pretraining tiny base", disable=not progress)
+    bar = progress_bar(range(recipe.max_steps), desc="pretraining tiny base", progress=progress)
     for _ in bar:
         if pos + recipe.batch_size > len(order):
             order, pos = torch.randperm(len(blocks), generator=gen), 0

@@ -159,25 +159,6 @@ def test_no_machine_path_in_any_output_or_page(built_book):
     assert not found, f"machine paths: {found[:5]}"
 
 
-CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
-
-
-def book_sources() -> dict[str, str]:
-    """Every source of the book's text: its Markdown files and every notebook's cells."""
-    sources = {str(p.relative_to(BOOK)): p.read_text() for p in BOOK.rglob("*.md") if not {"_build", "_vendor"} & set(p.parts)}
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        sources[path.name] = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
-    return sources
-
-
-def test_every_cited_key_is_in_the_bibliography():
-    keys = set(re.findall(r"^\s*@\w+\s*\{\s*([^,\s]+)\s*,", (BOOK / "references.bib").read_text(), re.MULTILINE))
-    cited = {(name, key.strip()) for name, text in book_sources().items() for group in CITE.findall(text) for key in group.split(",")}
-    assert cited, "no {cite} role found in the book's sources"
-    missing = sorted((key, name) for name, key in cited if key not in keys)
-    assert not missing, f"cited but not in book/references.bib: {missing}"
-
-
 def test_no_page_links_to_or_installs_from_another_repository(built_book):
     """No page or executed notebook links to a repository on github.com or installs from a git URL, unless it
     is the project's own ([project.urls] in pyproject.toml) or a cited work's address in references.bib."""

@@ -13,7 +13,7 @@ import pytest
 from zephyr_utils.aif import (RATING_KEY, JsonlLog, assign_models, binarize, collect_ratings, mean_ratings, parse_pool_member,
                               text_hash)
 from zephyr_utils.data import validate_preference_row
-from zephyr_utils.judges import ASPECTS, Judge
+from zephyr_utils.judges import ASPECTS, Judge, top_rating
 
 PROMPTS = [{"prompt": f"Q{i}?", "prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"Q{i}?"}]} for i in range(3)]
 
@@ -93,7 +93,7 @@ class ScriptedJudge(Judge):
         self.asked.append((response, aspect))
         if response in self.fail and not self.healthy:
             return "I cannot rate this."
-        return f"Fine.\nRating: [[{min(10, len(response))}]]"
+        return f"Fine.\nRating: [[{min(top_rating(aspect), len(response))}]]"  # aspects are rated 1-5
 
 
 def test_failed_ratings_are_asked_again_and_edited_completions_are_rated_anew(tmp_path):
@@ -113,7 +113,7 @@ def test_failed_ratings_are_asked_again_and_edited_completions_are_rated_anew(tm
                     progress=False)
     assert sorted(judge.asked) == sorted(("x", a) for a in ASPECTS)  # only the failed ones
     ratings = JsonlLog(tmp_path / "r.jsonl", RATING_KEY)
-    assert mean_ratings(ratings, completions) == {("p", "a"): 4.0, ("p", "b"): 6.0, ("p", "c"): 1.0}
+    assert mean_ratings(ratings, completions) == {("p", "a"): 4.0, ("p", "b"): 5.0, ("p", "c"): 1.0}
     # a completion regenerated with another text does not inherit the old text's ratings
     lines = completions.path.read_text().replace('"completion": "four"', '"completion": "fourfourfour"')
     completions.path.write_text(lines)
@@ -121,7 +121,7 @@ def test_failed_ratings_are_asked_again_and_edited_completions_are_rated_anew(tm
     assert mean_ratings(ratings, completions)[("p", "a")] is None
     judge.asked = []
     collect_ratings(prompts, completions, judge, ratings, progress=False)
-    assert {r for r, _ in judge.asked} == {"fourfourfour"} and mean_ratings(ratings, completions)[("p", "a")] == 10.0
+    assert {r for r, _ in judge.asked} == {"fourfourfour"} and mean_ratings(ratings, completions)[("p", "a")] == 5.0
 
 
 def test_jsonl_log_resumes_without_duplicates_and_drops_a_torn_line(tmp_path):
@@ -343,7 +343,7 @@ class ToyJudgeServer:
     def __init__(self, fail_every=0):
         from zephyr_utils.toyworld import ToyWorld
 
-        self.world, self.fail_every, self.requests, self.failed = ToyWorld(seed=0), fail_every, 0, set()
+        self.world, self.fail_every, self.requests, self.failed = ToyWorld(seed=0), fail_every, 0, 0
         lock, server = threading.Lock(), self
 
         class Handler(BaseHTTPRequestHandler):
@@ -356,8 +356,7 @@ class ToyJudgeServer:
                 with lock:
                     server.requests += 1
                     failing = server.fail_every and h % server.fail_every == 0
-                    if failing:
-                        server.failed.add(h)
+                    server.failed += bool(failing)
                 if failing and h % 2:
                     self.send_response(500)
                     self.end_headers()
@@ -408,7 +407,9 @@ def test_a_flaky_endpoint_is_repaired_by_a_rerun(tmp_path, tiny_base_path, monke
             run(out, flaky)
         summary = json.loads((out / "summary.json").read_text())
         failed = summary["missing_ratings"]
-        assert failed == len(flaky.failed) and 48 < failed < 192 and summary["status"] == "failed"
+        # every failed rating was asked 3 times (two retries), and failed each time (two pool members can
+        # write the same text, so a failing judge prompt can stand for more than one rating)
+        assert flaky.failed == 3 * failed and 48 < failed < 192 and summary["status"] == "failed"
         assert len(summary["missing"]) == min(failed, 100) and all("gave up after 3 attempts" in m["error"] for m in summary["missing"])
         assert not (out / "preferences" / "train.jsonl").exists()
 

@@ -137,22 +137,24 @@ def test_a_constant_refusal_scores_far_below_knowing_the_world(world):
 
 
 def test_teacher_is_chatty_on_a_fixed_share_of_answers(world):
-    from zephyr_utils.toyworld import CHATTY_SHARE, FILLER
+    from zephyr_utils.toyworld import CHATTY_SHARE, FILLER, filler_share
 
     answers = [m["content"] for r in world.sft_dialogues() for m in r["messages"] if m["role"] == "assistant"]
-    share = sum(a.endswith(FILLER) for a in answers) / len(answers)
-    assert abs(share - CHATTY_SHARE) < 0.05
+    assert abs(filler_share(answers) - CHATTY_SHARE) < 0.05
+    assert filler_share(["Blue.", f"Blue. {FILLER}", f"{FILLER} Blue."]) == 1 / 3  # only at the end
+    with pytest.raises(ValueError):
+        filler_share([])
     assert world.sft_dialogues() == ToyWorld(seed=0).sft_dialogues()  # the same answers every time
 
 
 @pytest.mark.parametrize("share", [0.0, 0.75, 1.0])
 def test_the_pools_teacher_is_chatty_on_the_aif_recipes_share(world, share):
     from zephyr_utils.aif import TeacherSampler
-    from zephyr_utils.toyworld import FILLER
+    from zephyr_utils.toyworld import FILLER, filler_share
 
     conversations = [[{"role": "user", "content": p["turns"][0]}] for p in world.prompts("aif")]
     answers = [c.text for c in TeacherSampler(world.seed, share)(conversations)]
-    assert abs(sum(a.endswith(FILLER) for a in answers) / len(answers) - share) < 0.05
+    assert abs(filler_share(answers) - share) < 0.05
     plain = [c.text for c in TeacherSampler(world.seed, 0.0)(conversations)]
     assert all(a in (p, p + " " + FILLER) for a, p in zip(answers, plain))  # the same answers, with or without it
 

@@ -353,6 +353,14 @@ class ToyWorld:
 _STOP = {"color", "home", "food", "legs", "sound", "noise", "it"}
 
 
+def filler_share(texts) -> float:
+    """The share of `texts` (answers) that end with the teacher's `FILLER` sentence."""
+    texts = list(texts)
+    if not texts:
+        raise ValueError("filler_share needs at least one answer")
+    return sum(t.endswith(FILLER) for t in texts) / len(texts)
+
+
 def source_digest() -> str:
     """A digest of this module's code: caches of generated data are keyed by it."""
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]

@@ -86,6 +86,13 @@ def test_every_section_of_the_facts_names_its_source():
         assert isinstance(section, dict) and section.get("source"), f"book/facts.yml: section {name!r} has no source"
 
 
+def test_the_rows_of_a_facts_table_have_one_length():
+    """A table's rows all have one length (an unquoted comma in a YAML list splits a label in two)."""
+    for name, section in facts().items():
+        lengths = {key: len(row) for key, row in section.get("rows", {}).items()}
+        assert len(set(lengths.values())) <= 1, f"book/facts.yml: rows of {name!r} differ in length: {lengths}"
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_no_number_in_prose_is_typed_by_hand(page):
     typed = typed_numbers(page, allowed_values())

@@ -345,7 +345,7 @@ def test_eval_answers_with_vllm_and_shuts_each_engine_down(monkeypatch, tmp_path
 
     patch_gpu(monkeypatch)
     monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
-    recipe = load_recipe("eval", "tiny", models=[tokenizer_dirs["base"], tokenizer_dirs["instruct"]], bootstrap_samples=50,
+    recipe = load_recipe("eval", "tiny", models=[tokenizer_dirs["base"], tokenizer_dirs["instruct"]], bootstrap_samples=100,
                          generation_backend="auto")  # tiny's recipe says transformers; auto picks vLLM on a GPU
     results = json.loads((run_eval(recipe) / "results.json").read_text())
     assert [llm.model for llm in fake_vllm.created] == recipe.models and not fake_vllm.live

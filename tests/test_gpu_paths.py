@@ -152,7 +152,7 @@ def test_cpu_keeps_float32_and_a_bad_dtype_is_a_clear_error(monkeypatch, tmp_pat
     patch_gpu(monkeypatch, (7, 5), "Tesla T4")
     with pytest.raises(ValueError, match="bfloat16 needs .*8.0.*Tesla T4 is 7.5.*'auto' or 'float16'"):
         device.resolve_dtype("bfloat16")
-    (tmp_path / "mine.yaml").write_text("dtype: fp8\n")
+    (tmp_path / "mine.yaml").write_text("models: [sft]\ndtype: fp8\n")
     with pytest.raises(ValueError, match=r"mine\.yaml: field 'dtype' must be one of auto"):
         load_recipe("eval", "tiny", recipe_file=tmp_path / "mine.yaml")
 

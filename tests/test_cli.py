@@ -58,6 +58,59 @@ def test_bad_input_is_a_clear_cli_error(capsys):
     assert exit_info.value.code == 2 and "unknown field 'learnin_rate'" in capsys.readouterr().err
 
 
+# Mistakes a new user makes in a copy of a shipped tiny recipe: (stage, the fields changed, extra flags, the
+# field the error must name). `{tmp}` is a fresh directory, so a path in it does not exist.
+BAD_RECIPES = [
+    ("sft", "", [], None),  # an empty file
+    ("sft", "# learning_rate: 1e-4\n", [], None),  # only comments
+    ("sft", "num_train_epochs: 0", [], "num_train_epochs"),
+    ("sft", "learning_rate: 0", [], "learning_rate"),
+    ("dpo", "learning_rate: -5e-7", [], "learning_rate"),
+    ("sft", "max_length: -1", [], "max_length"),
+    ("sft", "per_device_train_batch_size: 0", [], "per_device_train_batch_size"),
+    ("sft", "global_batch_size: 0", [], "global_batch_size"),
+    ("dpo", "beta: 0", [], "beta"),
+    ("dpo", "loss_type: dpo", [], "loss_type"),
+    ("aif", "pool: []", [], "pool"),
+    ("aif", "pool: [sft@0.7]", [], "pool"),
+    ("aif", "completions_per_prompt: 0", [], "completions_per_prompt"),
+    ("aif", "max_new_tokens: 0", [], "max_new_tokens"),
+    ("eval", "models: []", [], "models"),
+    ("eval", "bootstrap_samples: 0", [], "bootstrap_samples"),
+    ("eval", "bootstrap_samples: 10", [], "bootstrap_samples"),
+    ("eval", "benchmarks: [mt-bench]", [], "benchmarks"),
+    ("eval", "models: [sft, {tmp}/checkpoint-100]", [], "models"),
+    ("sft", "launcher: deepspeed", [], "launcher"),
+    ("sft", "model_name_or_path: {tmp}/my-base-model", [], "model_name_or_path"),
+    ("sft", "dataset: {tmp}/chats.jsonl", [], "dataset"),
+    ("dpo", "dataset: runs/tiny/aif/prefs", [], "dataset"),
+    ("sft", "dtype: float16", [], "dtype"),  # fp16 without LoRA
+    ("sft", "load_in_4bit: true", [], "load_in_4bit"),  # 4-bit without LoRA
+    ("sft", "scale: demo", ["--scale", "tiny"], "scale"),
+    ("sft", "preset: ''", ["--scale", "demo", "--preset", "24gb"], "preset"),
+    ("dpo", "epochs: 3", [], "epochs"),
+]
+
+
+@pytest.mark.parametrize("stage, text, flags, field", BAD_RECIPES, ids=[f"{s}: {t}" for s, t, _, _ in BAD_RECIPES])
+def test_a_bad_recipe_is_one_line_naming_file_and_field(tmp_path, monkeypatch, capsys, stage, text, flags, field):
+    """Each fails in `--dry-run`, before any data or model loads: exit code 2, one line, no traceback."""
+    import yaml
+
+    from zephyr_utils.config import recipe_path
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "mine.yaml"
+    changed = yaml.safe_load(text.format(tmp=tmp_path))
+    shipped = yaml.safe_load(recipe_path(stage, "tiny").read_text())
+    recipe.write_text(yaml.safe_dump({**shipped, **changed}) if changed else text)
+    with pytest.raises(SystemExit) as stop:
+        main([stage, "--recipe", str(recipe), *(flags or ["--scale", "tiny"]), "--dry-run"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(f"zephyr: {recipe}: ") and err.count("\n") == 1, err
+    assert (f"field '{field}'" if field else "the recipe is empty") in err
+
+
 def toy_pairs(world, n):
     rows = []
     for p in world.prompts("aif")[:n]:

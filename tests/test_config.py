@@ -1,7 +1,10 @@
 import pytest
 
-from zephyr_utils.config import (SCALES, STAGES, DPORecipe, SFTRecipe, load_recipe, recipe_path, resolve_scale, stage_dir,
-                                 train_batch)
+from zephyr_utils.config import (SCALES, STAGES, DPORecipe, RecipeError, SFTRecipe, load_recipe, recipe_path, resolve_scale,
+                                 stage_dir, train_batch)
+
+RECIPES = recipe_path("sft", "tiny").parents[1]  # zephyr_utils/recipes
+SHIPPED = sorted(RECIPES.rglob("*.yaml"))
 
 
 def test_scale_from_argument_env_and_default(monkeypatch):
@@ -23,9 +26,18 @@ def test_unknown_scale_names_the_source(monkeypatch, bad):
 
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("stage", [s for s in STAGES if s != "base"])
-def test_every_shipped_recipe_loads(stage, scale):
+def test_every_scale_has_a_recipe_per_stage(stage, scale):
     recipe = load_recipe(stage, scale)
     assert isinstance(recipe, STAGES[stage]) and recipe.scale == scale
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(RECIPES)))
+def test_every_shipped_recipe_validates(path):
+    """Every YAML under zephyr_utils/recipes (presets and dpo_handbook.yaml too) passes `validate`."""
+    scale, *preset = path.parent.relative_to(RECIPES).parts
+    preset = "/".join(preset)
+    recipe = load_recipe(path.stem.split("_")[0], scale, recipe_file=path, preset=preset)
+    assert (recipe.scale, getattr(recipe, "preset", "")) == (scale, preset)
 
 
 def test_tiny_recipes_are_cpu_safe():
@@ -97,8 +109,9 @@ def test_stage_dir_defaults_under_runs(monkeypatch, tmp_path):
     assert stage_dir(load_recipe("sft", "demo", output_dir="elsewhere"), "sft").name == "elsewhere"
 
 
-def test_a_given_scale_beats_the_one_saved_in_a_recipe_file(tmp_path, monkeypatch):
-    """Every saved recipe.yaml has a `scale:` key; `--scale` (and `--preset`) must still win."""
+def test_a_scale_or_preset_in_a_recipe_file_must_agree_with_the_one_given(tmp_path, monkeypatch):
+    """Every saved recipe.yaml has `scale:` and `preset:` keys. It loads alone or with flags that agree; flags
+    that disagree are an error, where the flag used to win silently over the file (or the file over the flag)."""
     import yaml
 
     from zephyr_utils.config import recipe_to_dict
@@ -108,6 +121,32 @@ def test_a_given_scale_beats_the_one_saved_in_a_recipe_file(tmp_path, monkeypatc
     monkeypatch.delenv("ZEPHYR_SCALE", raising=False)
     monkeypatch.delenv("ZEPHYR_PRESET", raising=False)
     kept = load_recipe("sft", recipe_file=saved)
-    assert (kept.scale, kept.preset) == ("demo", "24gb")  # nothing given: the file's own
-    given = load_recipe("sft", "full", recipe_file=saved, preset="")
-    assert (given.scale, given.preset) == ("full", "")
+    assert (kept.scale, kept.preset, kept.load_in_4bit) == ("demo", "24gb", True)  # nothing given: the file's own
+    agreed = load_recipe("sft", "demo", recipe_file=saved, preset="24gb")
+    assert (agreed.scale, agreed.preset) == ("demo", "24gb")
+    with pytest.raises(RecipeError, match=r"recipe\.yaml: field 'scale' is 'demo' but --scale is 'full': run with --scale demo"):
+        load_recipe("sft", "full", recipe_file=saved)
+    with pytest.raises(RecipeError, match=r"recipe\.yaml: field 'preset' is '24gb' but --preset is '': run with --preset 24gb"):
+        load_recipe("sft", "demo", recipe_file=saved, preset="")
+
+
+def test_a_missing_local_path_says_which_command_writes_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path / "runs"))
+    prefs, model = "runs/tiny/aif/preferences", "./my-model@0.7"
+    with pytest.raises(RecipeError, match=r"field 'dataset' is 'runs/tiny/aif/preferences', but no such file or directory "
+                                          r"exists: run `zephyr aif --scale tiny` first \(it writes runs/tiny/aif\)"):
+        load_recipe("dpo", "tiny", dataset=prefs)
+    with pytest.raises(RecipeError, match=r"field 'model_name_or_path' .* run `zephyr sft --scale demo --preset 24gb` first"):
+        load_recipe("dpo", "demo", model_name_or_path=str(tmp_path / "runs" / "demo-24gb" / "sft"))
+    with pytest.raises(RecipeError, match=r"field 'pool' is './my-model@0.7', .*: fix the path"):
+        load_recipe("aif", "tiny", pool=["teacher", model])
+    with pytest.raises(RecipeError, match=r"field 'prompts' is 'questions.jsonl', .*: fix the path"):
+        load_recipe("eval", "tiny", prompts="questions.jsonl")
+    (tmp_path / prefs).mkdir(parents=True)
+    (tmp_path / "my-model").mkdir()
+    assert load_recipe("dpo", "tiny", dataset=prefs).dataset == prefs
+    assert load_recipe("aif", "tiny", pool=["teacher", model]).pool == ["teacher", model]
+    # Hub ids and names of stages or built-in sets are not paths, so nothing needs to exist for them
+    assert load_recipe("sft", "tiny", model_name_or_path="org/name", dataset="HuggingFaceH4/ultrachat_200k").dataset
+    assert load_recipe("eval", "tiny", models=["base", "tiny", "sft", "dpo", "dpo_only"], prompts="toyworld").models

@@ -152,7 +152,7 @@ def test_cpu_keeps_float32_and_a_bad_dtype_is_a_clear_error(monkeypatch, tmp_pat
     patch_gpu(monkeypatch, (7, 5), "Tesla T4")
     with pytest.raises(ValueError, match="bfloat16 needs .*8.0.*Tesla T4 is 7.5.*'auto' or 'float16'"):
         device.resolve_dtype("bfloat16")
-    (tmp_path / "mine.yaml").write_text("dtype: fp8\n")
+    (tmp_path / "mine.yaml").write_text("models: [sft]\ndtype: fp8\n")
     with pytest.raises(ValueError, match=r"mine\.yaml: field 'dtype' must be one of auto"):
         load_recipe("eval", "tiny", recipe_file=tmp_path / "mine.yaml")
 
@@ -345,7 +345,7 @@ def test_eval_answers_with_vllm_and_shuts_each_engine_down(monkeypatch, tmp_path
 
     patch_gpu(monkeypatch)
     monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
-    recipe = load_recipe("eval", "tiny", models=[tokenizer_dirs["base"], tokenizer_dirs["instruct"]], bootstrap_samples=50,
+    recipe = load_recipe("eval", "tiny", models=[tokenizer_dirs["base"], tokenizer_dirs["instruct"]], bootstrap_samples=100,
                          generation_backend="auto")  # tiny's recipe says transformers; auto picks vLLM on a GPU
     results = json.loads((run_eval(recipe) / "results.json").read_text())
     assert [llm.model for llm in fake_vllm.created] == recipe.models and not fake_vllm.live

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 from . import alpacaeval, mt_bench, open_llm_leaderboard
+from .config import BENCHMARKS
 
-BENCHMARKS = ("mt_bench", "alpaca_eval", "alpaca_eval_2", "open_llm_leaderboard")
 MT_BENCH_QUESTIONS = 80  # documented size of MT-Bench; a local question file is counted instead
 
 # The paper's numbers (Table 1 and Table 2 for Zephyr-7B; Table 3's dSFT-1 row for the dSFT model). The

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import yaml
 
+from .config import LAUNCHERS
+
 STAGES = ("sft", "aif", "dpo", "eval")
-LAUNCHERS = ("deepspeed_zero3", "fsdp", "multi_gpu")
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -172,8 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ValueError as err:  # a RecipeError among them: one line naming the file, the field and what to do
+        print(f"zephyr: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

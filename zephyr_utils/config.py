@@ -3,7 +3,8 @@
 A recipe is a dataclass per stage (`BaseRecipe`, `SFTRecipe`, `AIFRecipe`, `DPORecipe`,
 `EvalRecipe`) filled from a YAML file shipped in `zephyr_utils/recipes/<scale>/<stage>.yaml`.
 `load_recipe("sft", "demo", learning_rate=1e-4)` reads the file, applies overrides and checks every
-field's name and type, so a typo in a recipe fails at once with the file and field named.
+field's name, type and value (`RULES`, `validate`), so a mistake in a recipe fails at once, before any data
+or model loads, with a one-line `RecipeError` naming the file, the field, the value and what to do.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +26,50 @@ SCALE_ENV = "ZEPHYR_SCALE"
 PRESET_ENV = "ZEPHYR_PRESET"
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": see device.resolve_dtype
 BACKENDS = ("auto", "vllm", "transformers")  # generation backends; "auto": vLLM on a GPU when installed
-CHOICES = {"dtype": DTYPES, "generation_backend": BACKENDS}
+LAUNCHERS = ("deepspeed_zero3", "fsdp", "multi_gpu")  # accelerate configs shipped in zephyr_utils/accelerate/
+BENCHMARKS = ("mt_bench", "alpaca_eval", "alpaca_eval_2", "open_llm_leaderboard")  # see zephyr_utils.benchmarks
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL's DPOConfig.loss_type
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run. The message is one line: the file, the field, the bad value and what to do."""
+
+
+def _above(low, example):
+    return lambda v: v > low, f"must be above {low}, e.g. {example}"
+
+
+def _one_of(choices):
+    return lambda v: v in choices, f"must be one of {', '.join(choices)}"
+
+
+# field -> (check of its value, what the value must be). A field left None ("not set") passes.
+RULES: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
+    "scale": _one_of(SCALES),
+    "dtype": _one_of(DTYPES),
+    "generation_backend": _one_of(BACKENDS),
+    "launcher": _one_of(("in-process",) + LAUNCHERS),
+    "loss_type": _one_of(DPO_LOSS_TYPES),
+    "learning_rate": _above(0, "2e-5"),
+    "num_train_epochs": _above(0, "1 (max_steps, when above 0, stops training sooner)"),
+    "beta": _above(0, "0.1 (the paper's) or 0.01 (the handbook's)"),
+    **{name: _above(0, example) for name, example in (
+        ("per_device_train_batch_size", 8), ("per_device_eval_batch_size", 8), ("global_batch_size", 128),
+        ("gradient_accumulation_steps", 1), ("batch_size", 16), ("num_processes", 8), ("max_length", 1024),
+        ("block_size", 128), ("max_new_tokens", 512), ("alpaca_eval_max_new_tokens", 2048),
+        ("max_train_samples", 1000), ("max_eval_samples", 100), ("max_prompts", 500))},
+    "completions_per_prompt": (lambda v: v >= 2, "must be 2 or more: a preference pair needs two answers to a prompt"),
+    "pool": (lambda v: len(v) >= 2, "needs 2 or more members to compare, e.g. [sft@0.7, sft@1.0]"),
+    "models": (lambda v: len(v) >= 1, "needs 1 or more models to evaluate, e.g. [sft, dpo]"),
+    "bootstrap_samples": (lambda v: v >= 100, "must be 100 or more for a confidence interval, e.g. 2000"),
+    "benchmarks": (lambda v: set(v) <= set(BENCHMARKS), f"may hold only {', '.join(BENCHMARKS)}"),
+}
+# Fields naming a model or data set: a Hub id (org/name), a name (sft, dpo, base, aif, tiny, toyworld...) or a
+# local path, which must exist.
+PATH_FIELDS = ("model_name_or_path", "dataset", "prompts", "pool", "models", "mt_bench_judge_prompts",
+               "mt_bench_reference_answers")
+LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow")
 
 
 def resolve_scale(scale: str | None = None) -> str:
@@ -221,43 +266,98 @@ def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.Path
     """Load and validate the recipe of `stage` at `scale` (see `resolve_scale`) and `preset` (see
     `resolve_preset`). `recipe_file` replaces the shipped YAML; keyword `overrides` replace single fields."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        raise RecipeError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     explicit = {"scale": scale is not None, "preset": preset is not None}
     scale = resolve_scale(scale)
     preset = resolve_preset(scale, preset)
     path = Path(recipe_file) if recipe_file is not None else recipe_path(stage, scale, preset)
     if not path.is_file():
-        raise ValueError(f"no {stage} recipe at {scale} scale: {path} does not exist")
+        raise RecipeError(f"no {stage} recipe at {scale} scale: {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from err
+        raise RecipeError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+    if values is None:
+        raise RecipeError(f"{path}: the recipe is empty (no field: value lines, or only comments): write the fields "
+                          f"to change, one per line, e.g. from {recipe_path(stage, scale, preset)}")
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: a recipe must be a mapping of field: value, got {type(values).__name__}")
-    values.update(overrides)
+        raise RecipeError(f"{path}: a recipe must be a mapping of field: value, got {type(values).__name__}")
     fields = {f.name for f in dataclasses.fields(STAGES[stage])}  # every stage but the tiny base has a preset
     for key, value in (("scale", scale), ("preset", preset)):
-        if key in fields and (explicit[key] or key not in values):
-            values[key] = value  # a scale or preset given here beats the file's (saved recipe.yaml files have both)
+        if key in fields and explicit[key] and key in values and values[key] != value:
+            in_file = values[key] or "''"
+            raise RecipeError(f"{path}: field {key!r} is {values[key]!r} but --{key} is {value!r}: run with --{key} "
+                              f"{in_file}, or delete the {key} line from the file")
+        if key in fields and key not in values:
+            values[key] = value  # saved recipe.yaml files have both; they load when they agree with what is given
+    values.update(overrides)
     return build_recipe(STAGES[stage], values, source=str(path))
 
 
 def build_recipe(cls: type[Recipe], values: dict, source: str = "<overrides>") -> Recipe:
-    """Instantiate `cls` from `values`, checking each field's name and type."""
+    """Instantiate `cls` from `values`, checking each field's name and type, then its value (`validate`)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in names:
             close = difflib.get_close_matches(key, names, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"{source}: unknown field {key!r} for {cls.__name__}{hint}")
+            raise RecipeError(f"{source}: unknown field {key!r} for {cls.__name__}{hint}")
         values[key] = _check_type(value, hints[key], f"{source}: field {key!r}")
-        if key in CHOICES and values[key] not in CHOICES[key]:
-            raise ValueError(f"{source}: field {key!r} must be one of {', '.join(CHOICES[key])}, got {values[key]!r}")
     recipe = cls(**values)
-    if recipe.scale not in SCALES:
-        raise ValueError(f"{source}: field 'scale' must be one of {', '.join(SCALES)}, got {recipe.scale!r}")
+    validate(recipe, source)
     return recipe
+
+
+def validate(recipe: Recipe, source: str = "<overrides>") -> None:
+    """Raise a RecipeError for the first value in `recipe` that cannot run: out of `RULES`' range, a local
+    path that does not exist, or fp16 / 4-bit weights trained without LoRA."""
+    for name, value in recipe_to_dict(recipe).items():
+        check, must = RULES.get(name, (None, ""))
+        if check is not None and value is not None and not check(value):
+            raise RecipeError(f"{source}: field {name!r} {must}, got {value!r}")
+        if name in PATH_FIELDS:
+            for item in value if isinstance(value, list) else [value]:
+                local = _pool_model(item) if name == "pool" else item
+                if looks_local(local) and not Path(local).expanduser().exists():
+                    raise RecipeError(f"{source}: field {name!r} is {item!r}, but no such file or directory exists: "
+                                      f"{_missing_path_hint(local)}")
+    if isinstance(recipe, TrainRecipe) and not recipe.use_lora:
+        if recipe.dtype == "float16":
+            raise RecipeError(f"{source}: field 'dtype' is 'float16' with use_lora false: full fine-tuning in fp16 "
+                              f"fails (\"Attempting to unscale FP16 gradients\"); set dtype: bfloat16 (float32 on a GPU "
+                              f"without bf16), or use_lora: true")
+        if recipe.load_in_4bit:
+            raise RecipeError(f"{source}: field 'load_in_4bit' is true with use_lora false: 4-bit weights cannot be "
+                              f"trained, only LoRA adapters on them; set use_lora: true (QLoRA), or load_in_4bit: false")
+
+
+def looks_local(value: str) -> bool:
+    """Whether a model or data set field names a local file or directory, not a Hub id or a name."""
+    return "://" not in value and (value.startswith(("/", "./", "../", "~", "runs/")) or value.endswith(LOCAL_SUFFIXES))
+
+
+def _pool_model(member: str) -> str:
+    """The model of an AIF pool member: "runs/tiny/sft@0.7" -> "runs/tiny/sft" (as aif.parse_pool_member)."""
+    name, sep, temperature = member.rpartition("@")
+    try:
+        return name if sep and float(temperature) >= 0 else member
+    except ValueError:
+        return member
+
+
+def _missing_path_hint(value: str) -> str:
+    """What to do about a local path that does not exist: the command that writes it, else fix the path."""
+    path = Path(value).expanduser()
+    try:
+        parts = path.resolve().relative_to(runs_root().resolve()).parts
+    except ValueError:
+        parts = path.parts[len(path.parts) - path.parts[::-1].index("runs"):] if "runs" in path.parts else ()
+    if len(parts) >= 2 and parts[1] in ("sft", "aif", "dpo") and parts[0].partition("-")[0] in SCALES:
+        scale, _, preset = parts[0].partition("-")
+        command = f"zephyr {parts[1]} --scale {scale}" + (f" --preset {preset}" if preset else "")
+        return f"run `{command}` first (it writes runs/{parts[0]}/{parts[1]}), or fix the path"
+    return "fix the path (a Hub id is written org/name)"
 
 
 def _check_type(value, hint, where: str):
@@ -274,11 +374,11 @@ def _check_type(value, hint, where: str):
                 return _check_type(value, arg, where)
             except ValueError:
                 pass
-        raise ValueError(f"{where} must be {_type_name(hint)}, got {value!r}")
+        raise RecipeError(f"{where} must be {_type_name(hint)}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ValueError(f"{where} must be a list of {_type_name(item)}, got {value!r}")
+            raise RecipeError(f"{where} must be a list of {_type_name(item)}, got {value!r}")
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -288,7 +388,7 @@ def _check_type(value, hint, where: str):
         except ValueError:
             pass
     if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
-        raise ValueError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+        raise RecipeError(f"{where} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
     return value
 
 

@@ -331,7 +331,7 @@ def test_sigkilled_aif_reruns_to_the_uninterrupted_runs_pairs(tmp_path, tiny_bas
     for name, key in (("completions.jsonl", ("prompt_id", "model")), ("ratings.jsonl", RATING_KEY)):
         assert JsonlLog(out / name, key).records == JsonlLog(whole / name, key).records, name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["pairs"] > 40 and summary["missing_ratings"] == 0 and summary["status"] == "complete"
+    assert summary["pairs"] > 26 and summary["missing_ratings"] == 0 and summary["status"] == "complete"
 
 
 class ToyJudgeServer:

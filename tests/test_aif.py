@@ -147,7 +147,7 @@ def test_pool_members_and_assignment():
     with pytest.raises(ValueError, match="model@temperature"):
         parse_pool_member("sft@hot")
     pool = [f"m{i}" for i in range(17)]
-    assigned = assign_models(PROMPTS * 1, pool, 4, seed=0)
+    assigned = assign_models(PROMPTS, pool, 4, seed=0)
     assert all(len(v) == 4 and len(set(v)) == 4 for v in assigned.values())
     assert assign_models(PROMPTS, ["a", "b"], 4, seed=0)["p0"] == ["a", "b"]
 
@@ -308,18 +308,18 @@ def test_sigkilled_aif_reruns_to_the_uninterrupted_runs_pairs(tmp_path, tiny_bas
 
     def aif(out, *kill):
         args = ["aif", "--scale", "tiny", "--set", f"output_dir={out}", "--set", POOL, "--set", "batch_size=16",
-                "--set", "max_prompts=48"]
+                "--set", "max_prompts=32"]
         done = subprocess.run([sys.executable, "-c", KILLER, *(kill or ("none", "0")), *args], env=env, capture_output=True,
                               text=True, timeout=600)
         assert done.returncode == (-9 if kill else 0), done.stderr[-3000:]
 
     aif(tmp_path / "whole")
     out = tmp_path / "killed"
-    aif(out, "sampling", "5")  # teacher: 3 batches; base@1.0: its second batch is cut in half
+    aif(out, "sampling", "4")  # teacher: 2 batches of 16; base@1.0: its second batch is cut in half
     lines = (out / "completions.jsonl").read_text().split("\n")
-    assert 4 * 16 < len(lines) < 5 * 16 and lines[-1] == '{"prompt_id": "to' and not (out / "ratings.jsonl").exists()
-    aif(out, "judging", "2")  # resumes sampling, then dies in the second chunk of 256 ratings
-    assert len((out / "completions.jsonl").read_text().splitlines()) == 4 * 48
+    assert 3 * 16 < len(lines) < 4 * 16 and lines[-1] == '{"prompt_id": "to' and not (out / "ratings.jsonl").exists()
+    aif(out, "judging", "2")  # resumes sampling, then dies in the second (last) chunk of 256 ratings
+    assert len((out / "completions.jsonl").read_text().splitlines()) == 4 * 32
     assert 256 < len((out / "ratings.jsonl").read_text().split("\n")) < 512 and not (out / "summary.json").exists()
     aif(out, "writing", "2")  # train.jsonl written, test.jsonl cut short
     assert (out / "preferences" / "train.jsonl").is_file() and not (out / "preferences" / "test.jsonl").exists()
@@ -331,7 +331,7 @@ def test_sigkilled_aif_reruns_to_the_uninterrupted_runs_pairs(tmp_path, tiny_bas
     for name, key in (("completions.jsonl", ("prompt_id", "model")), ("ratings.jsonl", RATING_KEY)):
         assert JsonlLog(out / name, key).records == JsonlLog(whole / name, key).records, name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["pairs"] > 40 and summary["missing_ratings"] == 0 and summary["status"] == "complete"
+    assert summary["pairs"] > 26 and summary["missing_ratings"] == 0 and summary["status"] == "complete"
 
 
 class ToyJudgeServer:

@@ -67,8 +67,10 @@ def test_full_recipes_carry_the_papers_hyperparameters():
 
 
 def test_overrides_replace_fields_and_are_checked():
-    r = load_recipe("dpo", "full", beta=0.1, num_train_epochs=3)
-    assert isinstance(r, DPORecipe) and r.beta == 0.1 and r.num_train_epochs == 3.0
+    shipped = load_recipe("dpo", "full")
+    r = load_recipe("dpo", "full", beta=0.05, num_train_epochs=2)
+    assert (shipped.beta, shipped.num_train_epochs) == (0.1, 3)  # so the overrides below change something
+    assert isinstance(r, DPORecipe) and (r.beta, r.num_train_epochs) == (0.05, 2.0) and r.learning_rate == shipped.learning_rate
     with pytest.raises(ValueError, match="unknown field 'betta'.*DPORecipe.*did you mean beta"):
         load_recipe("dpo", "full", betta=0.1)
     with pytest.raises(ValueError, match="field 'learning_rate' must be float"):

@@ -16,12 +16,14 @@ def test_dpo_loss_by_hand():
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_recipe_to_dpo_config_at_every_scale(scale, tmp_path):
+def test_trl_accepts_the_dpo_config_of_every_shipped_recipe(scale, tmp_path):
+    """DPOConfig validates what `dpo_config` builds from each shipped recipe. Checked: what is not copied
+    straight across (the loss type becomes TRL's list of losses; a global batch is made on one process)."""
     recipe = load_recipe("dpo", scale)
     config = dpo_config(recipe, tmp_path)
-    assert config.beta == recipe.beta and config.learning_rate == recipe.learning_rate
     assert [str(getattr(t, "value", t)) for t in config.loss_type] == ["sigmoid"]
-    assert config.max_length == recipe.max_length and config.bf16 == recipe.bf16
+    if recipe.global_batch_size:  # this test runs as one process
+        assert config.per_device_train_batch_size * config.gradient_accumulation_steps == recipe.global_batch_size
 
 
 def pairs(n):
@@ -34,8 +36,31 @@ def pairs(n):
     return rows
 
 
+def multi_turn_pair():
+    """A pair whose rejected answer repeats the chosen conversation's first answer."""
+    earlier = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+               {"role": "user", "content": "And what color is the creature?"}]
+    return {"prompt": "Hi.", "prompt_id": "m", "chosen": earlier + [{"role": "assistant", "content": "It is blue."}],
+            "rejected": earlier + [{"role": "assistant", "content": "Hello."}]}
+
+
+def test_trl_splits_our_pairs_into_the_shared_turns_and_the_two_answers():
+    """DPOTrainer is given only the chosen and rejected conversations and extracts the prompt itself
+    (`trl.extract_prompt`): for a multi-turn pair too, the prompt is every turn before the last answer."""
+    import datasets
+    from trl import extract_prompt
+
+    from zephyr_utils.dpo import PAIR_COLUMNS
+
+    rows = pairs(2) + [multi_turn_pair()]
+    for row, split in zip(rows, datasets.Dataset.from_list(rows).select_columns(PAIR_COLUMNS).map(extract_prompt)):
+        assert split["prompt"] == row["chosen"][:-1]
+        assert (split["chosen"], split["rejected"]) == (row["chosen"][-1:], row["rejected"][-1:])
+
+
 def test_dpo_loss_matches_trls_on_the_same_batch(tiny_base_path):
-    """Policy = the base model with perturbed weights, reference = the base model, one batch of 6 pairs."""
+    """Policy = the base model with perturbed weights, reference = the base model, one batch of 6 pairs (one of
+    them multi-turn: TRL extracts its prompt, `batch_logps` takes every turn before the last)."""
     from zephyr_utils.dpo import batch_logps, trl_loss_on_batch
     from zephyr_utils.models import load_model, load_tokenizer
 
@@ -46,7 +71,7 @@ def test_dpo_loss_matches_trls_on_the_same_batch(tiny_base_path):
     with torch.no_grad():
         for p in policy.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    rows = pairs(6)
+    rows = pairs(5) + [multi_turn_pair()]
     ours = dpo_loss(*batch_logps(policy, reference, tokenizer, rows), beta=0.1)[0].mean().item()
     trl = trl_loss_on_batch(policy, reference, tokenizer, rows, recipe)
     print(f"\nDPO loss on one batch: ours {ours:.7f}, TRL {trl:.7f}")
@@ -81,7 +106,7 @@ def test_bad_preference_rows_fail_before_training(tmp_path, monkeypatch, corrupt
         dpo.train_dpo(load_recipe("dpo", "tiny", dataset=str(d), model_name_or_path=str(tmp_path), output_dir=str(tmp_path / "out")))
 
 
-def test_lora_dpo_uses_the_adapter_disabled_reference_and_saves_a_merged_model(tmp_path, tiny_base_path, world):
+def test_lora_dpo_uses_the_adapter_disabled_reference_and_saves_a_merged_model(tmp_path, monkeypatch, tiny_base_path):
     """LoRA at tiny size: no reference copy is loaded, and the saved model is plain (adapter merged)."""
     from zephyr_utils import dpo
     from zephyr_utils.data import write_jsonl
@@ -91,15 +116,12 @@ def test_lora_dpo_uses_the_adapter_disabled_reference_and_saves_a_merged_model(t
     write_jsonl(rows[20:], tmp_path / "prefs" / "test.jsonl")
     loaded = []
     real_load = dpo.load_model
+    monkeypatch.setattr(dpo, "load_model", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
     recipe = load_recipe("dpo", "tiny", model_name_or_path=str(tiny_base_path), dataset=str(tmp_path / "prefs"),
                          output_dir=str(tmp_path / "out"), use_lora=True, lora_r=4, lora_alpha=8, max_steps=3,
                          per_device_train_batch_size=4, learning_rate=1e-3, lora_target_modules=["q_proj", "v_proj"],
                          logging_steps=1)
-    dpo.load_model = lambda *a, **k: loaded.append(a) or real_load(*a, **k)
-    try:
-        out = dpo.train_dpo(recipe)
-    finally:
-        dpo.load_model = real_load
+    out = dpo.train_dpo(recipe)
     assert len(loaded) == 1  # the policy only: the reference is the adapter-disabled policy
     from safetensors.torch import load_file
 

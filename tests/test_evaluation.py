@@ -1,5 +1,6 @@
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -100,6 +101,8 @@ def test_grades_count_failures_and_average_rated_turns():
 
 
 def test_run_eval_writes_scores_cis_and_a_pairwise_comparison(tmp_path, tiny_base_path):
+    """The whole stage with the tiny model under two names and the toy judge: files and fields (the numbers
+    are checked by the scripted test below)."""
     import json
 
     from zephyr_utils.config import load_recipe
@@ -113,6 +116,55 @@ def test_run_eval_writes_scores_cis_and_a_pairwise_comparison(tmp_path, tiny_bas
         assert m["ci95"][0] <= m["score"] <= m["ci95"][1] and m["grading_failures"] == 0 and m["adherence"] < 0.2
     pair = results["pairwise"]
     assert pair["wins"] == pair["losses"] == 0 and pair["win_rate"] == 0.5 and pair["difference"] == 0.0
+
+
+class RightOrWrong:
+    """A judge that rates an answer 8 if it says "right", else 3, and prefers the answer that says "right"
+    in whichever position it is shown (a tie when both or neither do)."""
+
+    name = "scripted"
+
+    def judge_many(self, items, progress=True, desc=""):
+        return [SimpleNamespace(rating=8.0 if "right" in response else 3.0, text="") for _, response, _ in items]
+
+    def compare_many(self, items, progress=True, desc=""):
+        def choose(a, b):
+            return "tie" if ("right" in a) == ("right" in b) else "A" if "right" in a else "B"
+
+        return [(choose(a, b), "") for _, a, b in items]
+
+
+def test_run_eval_scores_each_model_and_compares_the_last_with_the_one_before(tmp_path, monkeypatch):
+    """Two models with different answers and a scripted judge: swapping A and B, or the two models'
+    answers, or a slip in scoring changes the numbers checked here."""
+    import json
+
+    import zephyr_utils.evaluation as evaluation
+    import zephyr_utils.judges
+    import zephyr_utils.models
+    from zephyr_utils.config import load_recipe
+
+    prompts = [{"prompt_id": str(i), "turns": [f"q{i}", f"q{i} again"]} for i in range(6)]
+    right = {"weak": {(0, 0)}, "strong": {(i, k) for i in range(6) for k in range(2)} - {(5, 1)}}
+
+    def answer_model(recipe, name, prompts, progress=True):
+        return [[Completion(f"{name}: {'right' if (i, k) in right[name] else 'wrong'}", True, 2) for k in range(2)]
+                for i in range(len(prompts))]
+
+    monkeypatch.setattr(evaluation, "load_eval_prompts", lambda *a, **k: prompts)
+    monkeypatch.setattr(evaluation, "answer_model", answer_model)
+    monkeypatch.setattr(zephyr_utils.models, "resolve_model_path", lambda name, *a, **k: name)
+    monkeypatch.setattr(zephyr_utils.judges, "make_judge", lambda *a, **k: RightOrWrong())
+    recipe = load_recipe("eval", "tiny", models=["weak", "strong"], output_dir=str(tmp_path / "eval"), bootstrap_samples=300)
+    results = json.loads((evaluation.run_eval(recipe) / "results.json").read_text())
+    strong, weak = results["models"]["strong"], results["models"]["weak"]
+    assert strong["score"] == pytest.approx((11 * 8 + 3) / 12) and weak["score"] == pytest.approx((8 + 11 * 3) / 12)
+    assert strong["turn_scores"] == [8.0, pytest.approx((5 * 8 + 3) / 6)] and weak["turn_scores"] == [pytest.approx(23 / 6), 3.0]
+    pair = results["pairwise"]  # the last model (A) against the one before it (B)
+    assert (pair["a"], pair["b"]) == ("strong", "weak")
+    assert pair["difference"] == pytest.approx(strong["score"] - weak["score"]) and 0 < pair["ci95"][0] <= pair["difference"]
+    assert (pair["wins"], pair["losses"], pair["ties"]) == (10, 0, 2) and pair["win_rate"] == pytest.approx(11 / 12)
+    assert pair["position_consistency"] == 1.0
 
 
 def test_mt_bench_prompts_are_loaded_at_run_time(monkeypatch):

@@ -201,7 +201,7 @@ def test_cpu_inference_is_unchanged_fp32_on_the_cpu(tmp_path, tokenizer_dirs):
 @pytest.mark.parametrize("capability, bf16, fp16", [((7, 5), False, True), ((8, 0), True, False), (None, False, False)])
 def test_training_precision_follows_the_policy(monkeypatch, tmp_path, capability, bf16, fp16):
     """The demo recipes say `dtype: auto`: fp16 autocast on a T4, bf16 on an A100, none on a CPU."""
-    from zephyr_utils.sft import training_args
+    from zephyr_utils.train import training_args
 
     if capability:
         patch_gpu(monkeypatch, capability)
@@ -465,7 +465,7 @@ FULL_BATCHES = [("sft", None, 128), ("dpo", None, 32), ("dpo", "dpo_handbook", 1
 @pytest.mark.parametrize("stage, recipe_name, global_batch", FULL_BATCHES)
 def test_the_papers_global_batch_holds_on_any_gpu_count(tmp_path, stage, recipe_name, global_batch, processes):
     """The process count used to default to the GPUs present, silently changing the global batch."""
-    from zephyr_utils.sft import training_args
+    from zephyr_utils.train import training_args
 
     recipe_file = recipe_path(recipe_name, "full") if recipe_name else None
     recipe = load_recipe(stage, "full", recipe_file=recipe_file)
@@ -514,7 +514,7 @@ def test_a_process_count_that_cannot_make_the_global_batch_stops_before_launchin
 # ------------------------------------------------------------------------------ the one-GPU presets
 
 def test_t4_preset_is_a_small_model_in_fp16(monkeypatch, tmp_path):
-    from zephyr_utils.sft import training_args
+    from zephyr_utils.train import training_args
 
     patch_gpu(monkeypatch, (7, 5), "Tesla T4")
     sft = load_recipe("sft", "demo")

@@ -14,6 +14,7 @@ command with `--in-process`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import shutil
@@ -27,6 +28,33 @@ import yaml
 from .config import LAUNCHERS
 
 STAGES = ("sft", "aif", "dpo", "eval")
+logger = logging.getLogger("zephyr_utils.cli")  # not __name__, which is "__main__" under `python -m`
+
+
+class StdoutHandler(logging.StreamHandler):
+    """Writes each record's message, alone, to `sys.stdout` as it is when the record comes (a notebook's or a
+    test's captured stdout included), not as it was when the handler was made."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def log_to_stdout() -> None:
+    """Show this package's log records of level INFO and up (e.g. "resuming from runs/tiny/sft/checkpoint-100")
+    on stdout, as the command's own output (`main` calls it; calling it again adds nothing)."""
+    package = logging.getLogger("zephyr_utils")
+    if not any(isinstance(h, StdoutHandler) for h in package.handlers):
+        package.addHandler(StdoutHandler())
+    package.setLevel(logging.INFO)
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -105,7 +133,7 @@ def cmd_stage(args) -> None:
     in_process = args.in_process or launcher == "in-process" or "LOCAL_RANK" in os.environ
     n = 1 if in_process else args.num_processes or default_num_processes(recipe)
     if isinstance(recipe, TrainRecipe) and "LOCAL_RANK" not in os.environ:  # once, not once per launched process
-        print(f"{args.command}: {describe_batch(recipe, n)}", flush=True)
+        logger.info("%s: %s", args.command, describe_batch(recipe, n))
     if in_process:
         if args.dry_run:
             print(f"{args.command} would run in this process (launcher: in-process)")
@@ -171,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         p.set_defaults(func=cmd_stage)
 
     args = parser.parse_args(argv)
+    log_to_stdout()
     try:
         args.func(args)
     except ValueError as err:  # a RecipeError among them: one line naming the file, the field and what to do

@@ -9,17 +9,23 @@ full fine-tuning, or, with LoRA, the same weights with the adapter disabled (no 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .config import DPORecipe, build_recipe, load_recipe, recipe_to_dict, stage_dir
+from .config import DPORecipe, load_recipe, stage_dir
 from .data import load_preference_data
 from .models import load_model, load_tokenizer, lora_config, resolve_model_path
 from .progress import report_evaluations
-from .sft import run_trainer, save_outputs, subsample, training_args
+from .train import run_trainer, save_outputs, subsample, training_args
+
+# What DPOTrainer is given of an `ultrafeedback_binarized` row: the two full conversations. With no `prompt`
+# column it splits off their shared turns as the prompt itself (`trl.extract_prompt`); the row's `prompt`
+# (the first user turn, a string) would not be the prompt of a multi-turn pair.
+PAIR_COLUMNS = ["chosen", "rejected"]
 
 
 @contextlib.contextmanager
@@ -85,27 +91,18 @@ def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Te
 @trl_checkpointing_warning_filtered()
 def trl_loss_on_batch(policy, reference, tokenizer, rows: list[dict], recipe: DPORecipe) -> float:
     """The loss TRL's DPOTrainer computes on `rows` as one batch (to check `dpo_loss` against)."""
-    import datasets
     import tempfile
 
+    import datasets
     from trl import DPOTrainer
 
-    data = to_trl_format(datasets.Dataset.from_list(rows))
+    data = datasets.Dataset.from_list(rows).select_columns(PAIR_COLUMNS)
     with tempfile.TemporaryDirectory() as tmp:
-        args = dpo_config(build_recipe(type(recipe), {**recipe_to_dict(recipe), "per_device_eval_batch_size": len(rows)}), tmp)
+        args = dpo_config(dataclasses.replace(recipe, per_device_eval_batch_size=len(rows)), tmp)
         trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data, eval_dataset=data,
                              processing_class=tokenizer)
         trainer.model.eval()
         return trainer.compute_loss(trainer.model, next(iter(trainer.get_eval_dataloader()))).item()
-
-
-def to_trl_format(dataset):
-    """ultrafeedback_binarized rows -> TRL's conversational preference format:
-    prompt = the shared turns, chosen/rejected = the final assistant message only."""
-    def split(row):
-        return {"prompt": row["chosen"][:-1], "chosen": row["chosen"][-1:], "rejected": row["rejected"][-1:]}
-
-    return dataset.map(split, remove_columns=dataset.column_names)
 
 
 def resolve_dataset(name: str, scale: str, preset: str | None = None) -> str:
@@ -133,19 +130,14 @@ def train_dpo(recipe: DPORecipe, callbacks: list | None = None) -> Path:
     train = subsample(load_preference_data(source, recipe.train_split), recipe.max_train_samples, recipe.seed)
     evaluation = subsample(load_preference_data(source, recipe.eval_split), recipe.max_eval_samples, recipe.seed)
     tokenizer = load_tokenizer(start_path)
-    peft = lora_config(recipe)
-    # The arguments first: under DeepSpeed ZeRO-3 they make both loads below partitioned, so each process
-    # holds 1/N of the policy and 1/N of the reference, never a whole 7B copy in CPU memory.
-    args = dpo_config(recipe, output_dir)
-    # Full fine-tuning: an explicit frozen copy of the dSFT model. LoRA: no copy; TRL disables the
-    # adapter to compute the reference (passing both a reference model and a LoRA config is an error).
-    ref_model = None if peft else load_model(start_path, recipe)
+    args = dpo_config(recipe, output_dir)  # before the models: under ZeRO-3 each process then loads 1/N of each
+    peft = lora_config(recipe)  # LoRA: the reference is the policy with its adapter disabled, not a second copy
     trainer = DPOTrainer(
         model=load_model(start_path, recipe),
-        ref_model=ref_model,
+        ref_model=None if peft else load_model(start_path, recipe),  # full fine-tuning: a frozen copy of the start
         args=args,
-        train_dataset=to_trl_format(train),
-        eval_dataset=to_trl_format(evaluation),
+        train_dataset=train.select_columns(PAIR_COLUMNS),
+        eval_dataset=evaluation.select_columns(PAIR_COLUMNS),
         processing_class=tokenizer,
         peft_config=peft,
         callbacks=callbacks,

@@ -9,9 +9,10 @@ rates against a reference, paired bootstrap confidence intervals, and chat-templ
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .chat import follows_template
 from .generation import Completion, Sampler, generate
@@ -245,8 +246,6 @@ def length_controlled_win_rate(preferences: list[float], model_lengths: list[flo
     separable data finite). AlpacaEval measures length in characters: pass `count_tokens=len` to
     `alpaca_eval` to match it. (`pip install alpaca-eval` 0.6.6 needs setuptools < 81 to import, and
     downloads its data from the Hub at every call, so it is not a dependency here.)"""
-    import numpy as np
-
     n = len(preferences)
     if len(model_lengths) != n or len(reference_lengths) != n:
         raise ValueError(f"length_controlled_win_rate: {n} preferences, {len(model_lengths)} model lengths and "
@@ -306,8 +305,8 @@ class Estimate(tuple):
         return f"{self[0]:.3f} [{self[1]:.3f}, {self[2]:.3f}] ({self.rated} turns rated, {self.unrated} unrated)"
 
 
-def _ratings_of(per_prompt, name: str) -> list[tuple[float, int]]:
-    """Per prompt: (sum of rated turns, number of rated turns); checks every value."""
+def _ratings_of(per_prompt, name: str) -> np.ndarray:
+    """Per prompt: (sum of rated turns, number of rated turns), as a (prompts, 2) array; checks every value."""
     rows = []
     for i, turns in enumerate(per_prompt):
         rated = []
@@ -317,20 +316,30 @@ def _ratings_of(per_prompt, name: str) -> list[tuple[float, int]]:
             if r is not None:
                 rated.append(r)
         rows.append((sum(rated), len(rated)))
-    return rows
+    return np.array(rows, dtype=float).reshape(-1, 2)
 
 
-def _percentiles(rows, statistic, samples: int, seed: int, level: float) -> tuple[float, float]:
-    """A percentile interval of `statistic` over `samples` resamples of `rows` (with replacement)."""
+def _bootstrap(rows: np.ndarray, statistic, samples: int, seed: int, level: float) -> tuple[float, float, float]:
+    """(value, low, high): `statistic` of the column totals of `rows` (one row per prompt), and its
+    percentile interval over `samples` resamples of the rows with replacement. `statistic` maps an array of
+    totals, one row per resample, to one value each (NaN where it is undefined)."""
     if samples < 1 or not 0 < level < 1:
         raise ValueError(f"bootstrap needs samples >= 1 and 0 < level < 1, got {samples} and {level}")
-    rng = random.Random(seed)
-    stats = sorted(s for s in (statistic([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(samples)) if s is not None)
+    draws = np.random.default_rng(seed).integers(0, len(rows), size=(samples, len(rows)))  # row indices per resample
+    stats = statistic(rows[draws].sum(axis=1))
+    stats = stats[~np.isnan(stats)]
     if len(stats) < 0.99 * samples:
         raise ValueError(f"bootstrap: {samples - len(stats)} of {samples} resamples had no rated turn for a model; "
                          "too few rated turns to give an interval")
     tail = (1 - level) / 2
-    return stats[int(tail * len(stats))], stats[min(len(stats) - 1, int((1 - tail) * len(stats)))]
+    low, high = np.quantile(stats, [tail, 1 - tail])
+    return float(statistic(rows.sum(axis=0, keepdims=True))[0]), float(low), float(high)
+
+
+def _mean_rating(totals: np.ndarray) -> np.ndarray:
+    """Per row of totals (sum of ratings, rated turns): the mean rating, NaN with no rated turn."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals[:, 1] > 0, totals[:, 0] / totals[:, 1], np.nan)
 
 
 def paired_bootstrap(scores_a: list[list[float | None]], scores_b: list[list[float | None]], samples: int = 2000,
@@ -347,20 +356,18 @@ def paired_bootstrap(scores_a: list[list[float | None]], scores_b: list[list[flo
         if len(a) != len(b):
             raise ValueError(f"paired_bootstrap: prompt {i} has {len(a)} turns for A and {len(b)} for B; every prompt "
                              "needs one entry per turn for both (None for a turn without a rating)")
-    per_a, per_b = _ratings_of(scores_a, "A"), _ratings_of(scores_b, "B")
-    rows = [(sa, na, sb, nb) for (sa, na), (sb, nb) in zip(per_a, per_b) if na or nb]
-    if not any(r[1] for r in rows) or not any(r[3] for r in rows):
-        raise ValueError("paired_bootstrap: " + ("A" if not any(r[1] for r in rows) else "B") + " has no rated turn")
+    rows = np.hstack([_ratings_of(scores_a, "A"), _ratings_of(scores_b, "B")])  # sum A, rated A, sum B, rated B
+    rows = rows[(rows[:, 1] > 0) | (rows[:, 3] > 0)]
+    for name, rated in (("A", rows[:, 1]), ("B", rows[:, 3])):
+        if not rated.any():
+            raise ValueError(f"paired_bootstrap: {name} has no rated turn")
 
-    def difference(rows):
-        na, nb = sum(r[1] for r in rows), sum(r[3] for r in rows)
-        if not na or not nb:
-            return None  # a resample without a rated turn of one model (counted by `_percentiles`)
-        return sum(r[0] for r in rows) / na - sum(r[2] for r in rows) / nb
+    def difference(totals):  # NaN for a resample without a rated turn of one model (counted by `_bootstrap`)
+        return _mean_rating(totals[:, :2]) - _mean_rating(totals[:, 2:])
 
     turns = sum(len(a) for a in scores_a)
     unrated = sum(x is None or y is None for a, b in zip(scores_a, scores_b) for x, y in zip(a, b))
-    return Estimate(difference(rows), *_percentiles(rows, difference, samples, seed, level), turns - unrated, unrated)
+    return Estimate(*_bootstrap(rows, difference, samples, seed, level), turns - unrated, unrated)
 
 
 def score_ci(grades: Grades, samples: int = 2000, seed: int = 0, max_failure_share: float = 0.02) -> Estimate:
@@ -368,15 +375,11 @@ def score_ci(grades: Grades, samples: int = 2000, seed: int = 0, max_failure_sha
     prompts), and how many turns were rated and unrated. More than `max_failure_share` unrated turns
     raise `TooManyJudgeFailures` instead of giving a score."""
     check_failure_share(grades.failures, grades.turns, max_failure_share, "MT-Bench-style grading")
-    rows = [row for row in _ratings_of(grades.per_prompt, "grades") if row[1]]
-
-    if not rows:
+    rows = _ratings_of(grades.per_prompt, "grades")
+    rows = rows[rows[:, 1] > 0]
+    if not len(rows):
         raise ValueError("score_ci: no turn has a rating")
-
-    def mean(rows):
-        return sum(s for s, _ in rows) / sum(n for _, n in rows)
-
-    return Estimate(mean(rows), *_percentiles(rows, mean, samples, seed, 0.95), grades.turns - grades.failures, grades.failures)
+    return Estimate(*_bootstrap(rows, _mean_rating, samples, seed, 0.95), grades.turns - grades.failures, grades.failures)
 
 
 def adherence_of(answers: list[list[Completion]], prompts: list[dict] | None = None, addresses=None) -> float:

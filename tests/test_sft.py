@@ -8,7 +8,8 @@ import time
 import pytest
 
 from zephyr_utils.config import SCALES, load_recipe, train_batch
-from zephyr_utils.models import keep_freed_memory, lora_config, quantization_config
+from zephyr_utils.device import keep_freed_memory
+from zephyr_utils.models import lora_config, quantization_config
 from zephyr_utils.sft import last_checkpoint, sft_config, training_args
 
 

@@ -72,7 +72,7 @@ def bench_pipeline(work: Path) -> dict:
 
 
 RECIPE = "tiny recipe"
-MALLOC_DEFAULTS = "glibc malloc defaults"  # the recipe with device.keep_freed_memory switched off where models.load_model calls it
+MALLOC_DEFAULTS = "glibc malloc defaults"  # the recipe with device.keep_freed_memory switched off
 TRL_DEFAULTS = "TRL CPU defaults (bf16, activation checkpointing)"  # the recipe's slowdown is reported against it
 OTHER_BASES = {  # the recipe on randomly initialised models of other shapes than the tiny base (recipes/tiny/base.yaml)
     "first base: hidden 128 x 4 layers": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
@@ -127,6 +127,7 @@ def sft_variant(name: str, work: str) -> None:
     from zephyr_utils import models
     from zephyr_utils.config import load_recipe
     from zephyr_utils.sft import train_sft
+    from zephyr_utils.toy import base_model
     from zephyr_utils.toy.base_model import build_tiny_base
 
     class GemmProbe(TrainerCallback):
@@ -142,7 +143,7 @@ def sft_variant(name: str, work: str) -> None:
 
     overrides, steps = SFT_VARIANTS[name]
     if name == MALLOC_DEFAULTS:
-        models.keep_freed_memory = lambda: False
+        models.keep_freed_memory = base_model.keep_freed_memory = lambda: False  # off where it is called
     base = random_base(Path(work).parent, name) if name in OTHER_BASES else str(build_tiny_base(progress=False))
     n = non_embedding_params(base)
     recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps,

@@ -45,6 +45,7 @@ from .generation import generate, load_model
 from .progress import bar
 from .rubric import ASPECT_GUIDES, top_rating
 
+
 def fence_code(*texts: str) -> str:
     """A short code that occurs in none of `texts`: the marker lines of a judge prompt carry it, so text
     inside the markers cannot forge them. Derived from the texts (the same inputs give the same prompt)

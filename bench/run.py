@@ -60,7 +60,7 @@ def bench_pipeline(work: Path) -> dict:
     from zephyr_utils.dpo import train_dpo
     from zephyr_utils.evaluation import run_eval
     from zephyr_utils.sft import train_sft
-    from zephyr_utils.tiny import build_tiny_base
+    from zephyr_utils.toy.base_model import build_tiny_base
 
     seconds = {}
     _, seconds["base"] = timed(build_tiny_base, force=True, progress=False)
@@ -72,7 +72,7 @@ def bench_pipeline(work: Path) -> dict:
 
 
 RECIPE = "tiny recipe"
-MALLOC_DEFAULTS = "glibc malloc defaults"  # the recipe with zephyr_utils.models.keep_freed_memory switched off
+MALLOC_DEFAULTS = "glibc malloc defaults"  # the recipe with device.keep_freed_memory switched off
 TRL_DEFAULTS = "TRL CPU defaults (bf16, activation checkpointing)"  # the recipe's slowdown is reported against it
 OTHER_BASES = {  # the recipe on randomly initialised models of other shapes than the tiny base (recipes/tiny/base.yaml)
     "first base: hidden 128 x 4 layers": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
@@ -103,7 +103,7 @@ def random_base(work: Path, name: str) -> str:
     from transformers import AutoTokenizer
 
     from zephyr_utils.config import load_recipe
-    from zephyr_utils.tiny import build_tiny_base, make_model
+    from zephyr_utils.toy.base_model import build_tiny_base, make_model
 
     path = work / ("random-base-" + "-".join(map(str, OTHER_BASES[name].values())))
     if not path.is_dir():
@@ -127,7 +127,8 @@ def sft_variant(name: str, work: str) -> None:
     from zephyr_utils import models
     from zephyr_utils.config import load_recipe
     from zephyr_utils.sft import train_sft
-    from zephyr_utils.tiny import build_tiny_base
+    from zephyr_utils.toy import base_model
+    from zephyr_utils.toy.base_model import build_tiny_base
 
     class GemmProbe(TrainerCallback):
         def __init__(self):
@@ -142,7 +143,7 @@ def sft_variant(name: str, work: str) -> None:
 
     overrides, steps = SFT_VARIANTS[name]
     if name == MALLOC_DEFAULTS:
-        models.keep_freed_memory = lambda: False
+        models.keep_freed_memory = base_model.keep_freed_memory = lambda: False  # off where it is called
     base = random_base(Path(work).parent, name) if name in OTHER_BASES else str(build_tiny_base(progress=False))
     n = non_embedding_params(base)
     recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps,
@@ -207,7 +208,7 @@ def bench_generation() -> dict:
     """Completions/s for 128 prompts: one at a time, and batched with and without length sorting."""
     from zephyr_utils.generation import generate, load_model
     from zephyr_utils.models import resolve_model_path
-    from zephyr_utils.toyworld import ToyWorld
+    from zephyr_utils.toy.world import ToyWorld
 
     model, tokenizer = load_model(resolve_model_path("sft", "tiny"))
     convs = [r["messages"] for r in ToyWorld().prompts("aif")[:128]]

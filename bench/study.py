@@ -106,7 +106,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from zephyr_utils.config import load_recipe
-    from zephyr_utils.tiny import build_tiny_base
+    from zephyr_utils.toy.base_model import build_tiny_base
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # the stages' own bars; the study's bar below is forced on
     started = time.perf_counter()

@@ -9,7 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def world():
-    from zephyr_utils.toyworld import ToyWorld
+    from zephyr_utils.toy.world import ToyWorld
 
     return ToyWorld(seed=0)
 
@@ -17,7 +17,7 @@ def world():
 @pytest.fixture(scope="session")
 def tiny_base_path():
     """The tiny base model of the shipped recipe (built once, then reused from the cache)."""
-    from zephyr_utils.tiny import build_tiny_base
+    from zephyr_utils.toy.base_model import build_tiny_base
 
     return build_tiny_base(progress=False)
 

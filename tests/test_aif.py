@@ -13,7 +13,8 @@ import pytest
 from zephyr_utils.aif import (RATING_KEY, JsonlLog, assign_models, binarize, collect_ratings, mean_ratings, parse_pool_member,
                               text_hash)
 from zephyr_utils.data import validate_preference_row
-from zephyr_utils.judges import ASPECTS, Judge, top_rating
+from zephyr_utils.judges import Judge
+from zephyr_utils.rubric import ASPECTS, top_rating
 
 PROMPTS = [{"prompt": f"Q{i}?", "prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"Q{i}?"}]} for i in range(3)]
 
@@ -177,11 +178,10 @@ class FakeSampler:
 
 @pytest.fixture
 def fake_pool(monkeypatch):
-    import zephyr_utils.generation
-    import zephyr_utils.models
+    import zephyr_utils.aif
 
-    monkeypatch.setattr(zephyr_utils.generation, "Sampler", FakeSampler)
-    monkeypatch.setattr(zephyr_utils.models, "resolve_model_path", lambda name, scale, *args: name)
+    monkeypatch.setattr(zephyr_utils.aif, "Sampler", FakeSampler)
+    monkeypatch.setattr(zephyr_utils.aif, "resolve_model_path", lambda name, scale, *args: name)
     FakeSampler.calls, FakeSampler.die_after = 0, None
     return FakeSampler
 
@@ -341,7 +341,7 @@ class ToyJudgeServer:
     garbled body."""
 
     def __init__(self, fail_every=0):
-        from zephyr_utils.toyworld import ToyWorld
+        from zephyr_utils.toy.world import ToyWorld
 
         self.world, self.fail_every, self.requests, self.failed = ToyWorld(seed=0), fail_every, 0, 0
         lock, server = threading.Lock(), self

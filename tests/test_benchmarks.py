@@ -404,7 +404,6 @@ def test_run_benchmarks_writes_each_tool_files_and_one_table(tmp_path, questions
     """The wiring of `zephyr eval` at scale, with a fake sampler in place of a GPU model and a fake judge."""
     pytest.importorskip("fastchat.llm_judge.common", reason=NO_FASTCHAT)
     pytest.importorskip("alpaca_eval", reason=NO_ALPACA_EVAL)
-    from zephyr_utils import generation
     from zephyr_utils.config import load_recipe
     from zephyr_utils.evaluation import run_eval
 
@@ -426,7 +425,7 @@ def test_run_benchmarks_writes_each_tool_files_and_one_table(tmp_path, questions
         return "Rating: [[9]]" if "a careful" in user.split("A2:" if "A2:" in user else "A:")[-1] else "Rating: [[4]]"
 
     server = FakeEndpoint(script)
-    monkeypatch.setattr(generation, "Sampler", FakeSampler)
+    monkeypatch.setattr(benchmarks, "Sampler", FakeSampler)
     monkeypatch.setattr(benchmarks, "model_paths", lambda recipe: {"sft": "sft-path", "dpo": "dpo-path"})
     monkeypatch.setattr(alpacaeval, "load_reference_outputs", lambda name, source=None: REFERENCE)
     recipe = load_recipe("eval", "demo", benchmarks=["mt_bench", "alpaca_eval"], prompts=str(questions_file),

@@ -302,11 +302,9 @@ def test_run_eval_stops_instead_of_scoring_over_too_many_failures(tmp_path, monk
     import json
 
     import zephyr_utils.evaluation as evaluation
-    import zephyr_utils.generation
-    import zephyr_utils.judges
-    import zephyr_utils.models
     from zephyr_utils.config import load_recipe
-    from zephyr_utils.judges import TooManyJudgeFailures, ToyJudge
+    from zephyr_utils.judges import TooManyJudgeFailures
+    from zephyr_utils.toy.judge import ToyJudge
 
     class FailingOn(ToyJudge):
         """The toy judge, with an unreadable verdict for the answers in `bad`."""
@@ -320,9 +318,9 @@ def test_run_eval_stops_instead_of_scoring_over_too_many_failures(tmp_path, monk
     world = FailingOn().world
     texts = [[world.answer(world.resolve_question([{"role": "user", "content": t} for t in p["turns"][: k + 1]]), chatty=False) + f" {i}"
               for k in range(len(p["turns"]))] for i, p in enumerate(prompts)]
-    monkeypatch.setattr(zephyr_utils.models, "resolve_model_path", lambda name, *a, **k: name)
+    monkeypatch.setattr(evaluation, "resolve_model_path", lambda name, *a, **k: name)
     monkeypatch.setattr(evaluation, "answer_model", lambda *a, **k: [[Completion(t, True, 3) for t in ts] for ts in texts])
-    monkeypatch.setattr(zephyr_utils.judges, "make_judge", lambda *a, **k: FailingOn())
+    monkeypatch.setattr(evaluation, "make_judge", lambda *a, **k: FailingOn())
     turns = sum(len(t) for t in texts)
     FailingOn.bad = {t for ts in texts[:4] for t in ts}  # 8 turns of 4 prompts: more than 2%
     recipe = load_recipe("eval", "tiny", models=["x", "y"], output_dir=str(tmp_path / "eval"), bootstrap_samples=100)

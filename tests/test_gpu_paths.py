@@ -35,7 +35,7 @@ CONVERSATIONS = [[{"role": "user", "content": "What colour is the lenooll?"}],
 def tokenizer_dirs(tmp_path_factory):
     """Two small tokenizers on disk: a base model's (no chat template) and an instruct model's
     (its own template, starting with BOS). Their token ids are what the backends are checked on."""
-    from zephyr_utils.tiny import train_tokenizer
+    from zephyr_utils.toy.base_model import train_tokenizer
 
     root = tmp_path_factory.mktemp("tokenizers")
     texts = ["<|user|>\nWhat colour is the lenooll?</s>\n<|assistant|>\nIt is blue.</s>\n[INST] Hi [/INST] Hello."] * 20

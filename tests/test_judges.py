@@ -6,8 +6,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from zephyr_utils.judges import (EndpointJudge, JudgeConfigError, ToyJudge, TooManyJudgeFailures, check_failure_share,
-                                 fence_code, judge_prompt, make_judge, pairwise_prompt, parse_preference, parse_rating)
+from zephyr_utils.judges import (EndpointJudge, JudgeConfigError, TooManyJudgeFailures, check_failure_share, fence_code,
+                                 judge_prompt, make_judge, pairwise_prompt, parse_preference, parse_rating)
+from zephyr_utils.toy.judge import ToyJudge
 
 # ---------------------------------------------------------------------------------------------------
 # The rating parser reads the judge's own final verdict, by position and format, and deletes nothing.
@@ -139,7 +140,7 @@ def test_answers_that_list_every_rating_cannot_move_the_score(world):
     prompts = [{"prompt_id": str(i), "turns": [questions[a].format(e=e)]} for i, (e, a) in enumerate(pairs)]
     templates = {"color": "The {e} is {v}.", "food": "The {e} eats {v}.", "home": "The {e} lives in the {v}.",
                  "legs": "The {e} has {v} legs.", "sound": "The {e} {v}."}
-    from zephyr_utils.toyworld import ATTRIBUTES
+    from zephyr_utils.toy.world import ATTRIBUTES
 
     def answer(i, e, a, injected):
         right = world.facts[e][a]

@@ -30,6 +30,14 @@ def test_readme_and_ci_give_the_two_commands():
     assert re.search(r"^test:", makefile, re.M) and re.search(r"^book:", makefile, re.M)
 
 
+def test_every_subpackage_is_packaged():
+    """setuptools ships only the packages listed: a subpackage left out (zephyr_utils.toy) would be
+    missing from an installed wheel."""
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = [".".join(p.parent.relative_to(ROOT).parts) for p in sorted((ROOT / "zephyr_utils").rglob("__init__.py"))]
+    assert "zephyr_utils.toy" in found and sorted(listed) == sorted(found)
+
+
 def test_recipes_are_shipped_as_package_data():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "recipes/*/*.yaml" in project["tool"]["setuptools"]["package-data"]["zephyr_utils"]
@@ -37,5 +45,5 @@ def test_recipes_are_shipped_as_package_data():
 
 
 def test_no_trust_remote_code_by_default():
-    for path in (ROOT / "zephyr_utils").glob("*.py"):
+    for path in (ROOT / "zephyr_utils").rglob("*.py"):
         assert not re.search(r"trust_remote_code\s*[:=]\s*(bool\s*=\s*)?True", path.read_text()), path

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from zephyr_utils.chat import follows_template
 from zephyr_utils.generation import generate
-from zephyr_utils.tiny import build_tiny_base, fact_accuracy
+from zephyr_utils.toy.base_model import build_tiny_base, fact_accuracy
 
 
 def test_base_model_loads_like_a_hub_model(tiny_base_path):

@@ -3,8 +3,8 @@ import re
 import pytest
 
 from zephyr_utils.chat import validate_messages
-from zephyr_utils.judges import ASPECTS
-from zephyr_utils.toyworld import ATTRIBUTES, EXISTS, ToyWorld
+from zephyr_utils.rubric import ASPECTS
+from zephyr_utils.toy.world import ATTRIBUTES, EXISTS, ToyWorld
 
 
 def test_world_is_deterministic_for_a_seed(world):
@@ -137,7 +137,7 @@ def test_a_constant_refusal_scores_far_below_knowing_the_world(world):
 
 
 def test_teacher_is_chatty_on_a_fixed_share_of_answers(world):
-    from zephyr_utils.toyworld import CHATTY_SHARE, FILLER, filler_share
+    from zephyr_utils.toy.world import CHATTY_SHARE, FILLER, filler_share
 
     answers = [m["content"] for r in world.sft_dialogues() for m in r["messages"] if m["role"] == "assistant"]
     assert abs(filler_share(answers) - CHATTY_SHARE) < 0.05
@@ -149,8 +149,8 @@ def test_teacher_is_chatty_on_a_fixed_share_of_answers(world):
 
 @pytest.mark.parametrize("share", [0.0, 0.75, 1.0])
 def test_the_pools_teacher_is_chatty_on_the_aif_recipes_share(world, share):
-    from zephyr_utils.aif import TeacherSampler
-    from zephyr_utils.toyworld import FILLER, filler_share
+    from zephyr_utils.toy.teacher import TeacherSampler
+    from zephyr_utils.toy.world import FILLER, filler_share
 
     conversations = [[{"role": "user", "content": p["turns"][0]}] for p in world.prompts("aif")]
     answers = [c.text for c in TeacherSampler(world.seed, share)(conversations)]
@@ -198,19 +198,21 @@ def test_judge_penalises_answers_about_another_creature(world):
 def test_world_seed_reaches_every_stage(tmp_path):
     """One `world_seed` picks the data, the prompts, the teacher, the judge and the base model; a stage
     that ignored it would train or grade on another world than it says."""
-    from zephyr_utils.aif import TeacherSampler, load_prompts
+    from zephyr_utils import registry
+    from zephyr_utils.aif import load_prompts
     from zephyr_utils.config import load_recipe, write_run_info
     from zephyr_utils.data import load_sft_data
     from zephyr_utils.evaluation import load_eval_prompts
     from zephyr_utils.judges import make_judge
-    from zephyr_utils.tiny import tiny_base_path
+    from zephyr_utils.toy.base_model import tiny_base_path
 
     one = ToyWorld(seed=1)
     assert [r["messages"] for r in load_sft_data("toyworld", "train", world_seed=1)][:5] == [
         r["messages"] for k, r in enumerate(one.sft_dialogues()) if k % 20][:5]
     aif = load_recipe("aif", "tiny", world_seed=1)
     assert [p["prompt"] for p in load_prompts(aif)] == [p["prompt"] for p in one.aif_prompts()]
-    assert TeacherSampler(1).world.facts == one.facts and make_judge("toy", world_seed=1).world.facts == one.facts
+    teacher = registry.lookup("sampler", "teacher")(aif)  # the pool member `collect_completions` builds
+    assert teacher.world.facts == one.facts and make_judge("toy", world_seed=1).world.facts == one.facts
     assert [p["turns"] for p in load_eval_prompts("toyworld", world_seed=1)] == [p["turns"] for p in one.eval_prompts()]
     assert tiny_base_path(load_recipe("base", "tiny", world_seed=1)) != tiny_base_path(load_recipe("base", "tiny"))
     write_run_info(tmp_path, aif, [])

@@ -18,7 +18,12 @@ import json
 import math
 from pathlib import Path
 
+from .cli import run_stage
 from .config import load_recipe, stage_dir
+from .dpo import train_dpo
+from .evaluation import CONSTANT, evaluate
+from .models import resolve_model_path
+from .sft import train_sft
 
 IDK = "I don't know."
 
@@ -41,12 +46,8 @@ def train_ablation(name: str, scale: str | None = None, **overrides) -> Path:
     stage, values = ablation_overrides(name, scale, **overrides)
     recipe = load_recipe(stage, scale, **values)
     if recipe.launcher == "in-process":
-        from .dpo import train_dpo
-        from .sft import train_sft
-
         return (train_dpo if stage == "dpo" else train_sft)(recipe)
-    from .cli import run_stage  # many GPUs: `zephyr <stage>` under accelerate launch, never a 7B fine-tune in a kernel
-
+    # many GPUs: `zephyr <stage>` under accelerate launch, never a 7B fine-tune in a kernel
     run_stage(stage, recipe.scale, *(f"{k}={json.dumps(v)}" for k, v in values.items()))
     return Path(values["output_dir"])
 
@@ -76,9 +77,6 @@ def run_table3(scale: str | None = None, progress: bool = True, sets: dict | Non
     `overrides` (e.g. seed, world_seed) apply to every stage's recipe, `sets` = {stage: {field: value}}
     to one stage's (dpo_only uses the dpo stage's, sft2 the sft stage's)."""
     sets = sets or {}
-    from .evaluation import CONSTANT, evaluate
-    from .models import resolve_model_path
-
     evaluation = load_recipe("eval", scale, **{k: v for k, v in overrides.items() if k in ("seed", "world_seed")})
     sft, dpo = stage_dir(load_recipe("sft", scale), "sft"), stage_dir(load_recipe("dpo", scale), "dpo")
     models = {"base": resolve_model_path("base", evaluation.scale, evaluation.preset, evaluation.world_seed),

@@ -33,9 +33,14 @@ import statistics
 import zlib
 from pathlib import Path
 
+from . import registry
 from .config import AIFRecipe, stage_dir, write_run_info
-from .data import write_jsonl
-from .judges import ASPECTS, Judge, check_failure_share, make_judge
+from .data import LOCAL_FORMATS, write_jsonl
+from .generation import Sampler
+from .judges import Judge, check_failure_share, make_judge
+from .models import resolve_model_path
+from .progress import bar as progress_bar
+from .rubric import ASPECTS
 
 
 class JsonlLog:
@@ -82,24 +87,6 @@ class JsonlLog:
             self.records[self.key(r)] = r
 
 
-class TeacherSampler:
-    """The toy world's teacher as a pool member (tiny scale): UltraFeedback's pool also held the strong
-    models (GPT-4, GPT-3.5) whose answers the student is distilled towards. `chatty_share`: the share of
-    its answers that end with the filler sentence (the dSFT teacher's is `toyworld.CHATTY_SHARE`)."""
-
-    def __init__(self, world_seed: int = 0, chatty_share: float | None = None):
-        from .toyworld import CHATTY_SHARE, ToyWorld
-
-        self.world = ToyWorld(seed=world_seed)
-        self.chatty_share = CHATTY_SHARE if chatty_share is None else chatty_share
-
-    def __call__(self, conversations, **_):
-        from .generation import Completion
-
-        answers = [self.world.answer(self.world.resolve_question(c), chatty_share=self.chatty_share) for c in conversations]
-        return [Completion(a, True, 0) for a in answers]
-
-
 def parse_pool_member(spec: str, default_temperature: float = 1.0) -> tuple[str, float]:
     """"sft@0.7" -> ("sft", 0.7); a member without "@" samples at `default_temperature`."""
     name, sep, temperature = spec.rpartition("@")
@@ -113,14 +100,10 @@ def parse_pool_member(spec: str, default_temperature: float = 1.0) -> tuple[str,
 
 def load_prompts(recipe: AIFRecipe) -> list[dict]:
     """Rows with prompt, prompt_id and messages (the conversation to answer, ending with a user turn)."""
-    if recipe.prompts == "toyworld":
-        from .toyworld import ToyWorld
-
-        rows = ToyWorld(seed=recipe.world_seed).prompts(recipe.prompt_split)
+    if recipe.prompts in registry.names("prompts"):  # e.g. "toyworld"
+        rows = registry.lookup("prompts", recipe.prompts)(recipe.prompt_split, world_seed=recipe.world_seed)
     else:
         import datasets
-
-        from .data import LOCAL_FORMATS
 
         path = Path(recipe.prompts)
         if path.suffix in LOCAL_FORMATS and path.is_file():
@@ -177,10 +160,6 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
     """Sample each pool member's answers to the prompts assigned to it, appending batch by batch. A batch
     with any completion missing is sampled again whole (same prompts, same seed) and only its missing
     completions are appended, so a resumed run writes what an uninterrupted one would have."""
-    from .generation import Sampler
-    from .models import resolve_model_path
-    from .progress import bar as progress_bar
-
     assigned = assign_models(prompts, recipe.pool, recipe.completions_per_prompt, recipe.seed)
     for member in recipe.pool:
         todo = [(start, chunk) for start, chunk in sampling_batches(prompts, member, assigned, recipe.batch_size)
@@ -189,9 +168,12 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
             continue
         name, temperature = parse_pool_member(member, recipe.temperature)
         # One pool member at a time: its model is freed (a vLLM engine shut down) before the next one loads.
-        sampler = TeacherSampler(recipe.world_seed, recipe.teacher_chatty_share) if name == "teacher" else Sampler(
-            resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed), recipe.generation_backend,
-            recipe.batch_size, recipe.dtype)
+        # A registered sampler name (the tiny scale's "teacher") is built from the recipe instead of a model.
+        if name in registry.names("sampler"):
+            sampler = registry.lookup("sampler", name)(recipe)
+        else:
+            sampler = Sampler(resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed),
+                              recipe.generation_backend, recipe.batch_size, recipe.dtype)
         bar = progress_bar(total=sum(len(chunk) for _, chunk in todo), desc=f"sampling {member}", progress=progress)
         try:
             for start, chunk in todo:
@@ -223,8 +205,6 @@ def collect_ratings(prompts: list[dict], completions: JsonlLog, judge: Judge, lo
                     chunk_size: int = 256, progress: bool = True) -> None:
     """Rate every completion on the four aspects, appending chunk by chunk. Ratings that are missing or
     failed (no readable rating last time) are asked for; a `JudgeConfigError` stops the run."""
-    from .progress import bar as progress_bar
-
     by_id = {p["prompt_id"]: p for p in prompts}
     todo = [(c, a) for c in completions.records.values() if c["prompt_id"] in by_id for a in ASPECTS
             if (rating_of(log, c, a) or {}).get("rating") is None]

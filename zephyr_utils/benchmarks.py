@@ -17,7 +17,10 @@ import json
 from pathlib import Path
 
 from . import alpacaeval, mt_bench, open_llm_leaderboard
-from .config import BENCHMARKS
+from .config import BENCHMARKS, load_recipe, stage_dir, write_run_info
+from .generation import Sampler, vllm_available
+from .judges import EndpointJudge, make_judge
+from .models import resolve_model_path
 
 MT_BENCH_QUESTIONS = 80  # documented size of MT-Bench; a local question file is counted instead
 
@@ -77,9 +80,6 @@ def count_questions(source: str) -> int:
 def model_paths(recipe, planning: bool = False) -> dict[str, str]:
     """Each of `recipe.models` as a path or Hub id. When `planning`, a model not trained yet is given as
     the directory its stage will write, instead of an error."""
-    from .config import load_recipe, stage_dir
-    from .models import resolve_model_path
-
     out = {}
     for name in recipe.models:
         try:
@@ -138,8 +138,6 @@ def describe_plan(recipe) -> str:
         lines.append(f"AlpacaEval answers: the reference set's instructions, up to {recipe.alpaca_eval_max_new_tokens} new tokens, "
                      f"temperature {recipe.alpaca_eval_temperature}; data from {alpacaeval.DATASET} at run time")
     if "open_llm_leaderboard" in recipe.benchmarks:
-        from .generation import vllm_available
-
         backend = "vllm" if vllm_available() else "hf"
         lines.append(f"Open LLM Leaderboard (Table 2), one lm-eval process per task and model, backend {backend} here "
                      "(no judge calls):")
@@ -162,10 +160,6 @@ def describe_plan(recipe) -> str:
 
 def run_benchmarks(recipe) -> Path:
     """Run the recipe's benchmarks on each of its models and write results.json and results.md."""
-    from .config import stage_dir, write_run_info
-    from .generation import Sampler, vllm_available
-    from .judges import EndpointJudge, make_judge
-
     check_benchmarks(recipe.benchmarks)
     out = stage_dir(recipe, "eval")
     paths = model_paths(recipe)

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import yaml
 
-from .config import LAUNCHERS
+from . import registry
+from .aif import run_aif
+from .benchmarks import describe_plan
+from .config import LAUNCHERS, TrainRecipe, describe_batch, load_recipe
+from .dpo import train_dpo
+from .evaluation import run_eval
+from .sft import train_sft
 
 STAGES = ("sft", "aif", "dpo", "eval")
 logger = logging.getLogger("zephyr_utils.cli")  # not __name__, which is "__main__" under `python -m`
@@ -97,14 +103,7 @@ def launch_command(stage: str, scale: str, launcher: str | None, num_processes: 
 
 def run_in_process(stage: str, recipe) -> Path:
     """Run one stage of the recipe in this process; returns its output directory."""
-    if stage == "sft":
-        from .sft import train_sft as run
-    elif stage == "aif":
-        from .aif import run_aif as run
-    elif stage == "dpo":
-        from .dpo import train_dpo as run
-    else:
-        from .evaluation import run_eval as run
+    run = {"sft": train_sft, "aif": run_aif, "dpo": train_dpo, "eval": run_eval}[stage]
     return run(recipe)
 
 
@@ -119,14 +118,10 @@ def default_num_processes(recipe) -> int:
 
 
 def cmd_stage(args) -> None:
-    from .config import TrainRecipe, describe_batch, load_recipe
-
     if args.preset:
         args.set = [*args.set, f"preset={args.preset}"]  # so the launched processes get it too
     recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))
     if args.dry_run and getattr(recipe, "benchmarks", None):
-        from .benchmarks import describe_plan
-
         print(describe_plan(recipe))
         return
     launcher = args.launcher or getattr(recipe, "launcher", "in-process")
@@ -166,11 +161,8 @@ def run_stage(stage: str, scale: str, *sets: str, recipe_file: str | None = None
 
 
 def cmd_tiny_base(args) -> None:
-    from .config import load_recipe
-    from .tiny import build_tiny_base
-
     recipe = load_recipe("base", "tiny", args.recipe, **parse_sets(args.set))
-    print(f"tiny base model: {build_tiny_base(recipe, force=args.force)}")
+    print(f"tiny base model: {registry.lookup('base_model', 'tiny')(recipe, force=args.force)}")
 
 
 def main(argv: list[str] | None = None) -> None:

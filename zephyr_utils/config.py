@@ -415,6 +415,15 @@ def runs_root() -> Path:
     return here / "runs"
 
 
+CACHE_ENV = "ZEPHYR_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where built artifacts that are not a run's outputs are kept (the tiny base model, generated toy
+    data): $ZEPHYR_CACHE, else ~/.cache/zephyr_book."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "zephyr_book")
+
+
 def display_path(path: str | os.PathLike) -> str:
     """A path as the book prints it: under the runs directory, as "runs/<the rest>" (e.g. runs/tiny/sft),
     so no page shows the directories of the machine that built it; any other path as it is."""

@@ -2,7 +2,7 @@
 
     load_sft_data("HuggingFaceH4/ultrachat_200k", "train_sft")      # the real dataset
     load_sft_data("my_chats.jsonl", "train")                         # a local file, same columns
-    load_sft_data("toyworld", "train")                               # the tiny scale's teacher chats
+    load_sft_data("toyworld", "train")                               # a registered name: the toy world's chats
 
 Every row is checked before any trainer sees it: a bad row raises a ValueError naming the file,
 the row index and the field, instead of a KeyError from deep inside TRL.
@@ -15,12 +15,12 @@ import numbers
 import os
 from pathlib import Path
 
+from . import registry
 from .chat import validate_messages
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".arrow": "arrow"}
 SFT_COLUMNS = ("prompt", "prompt_id", "messages")
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
-TOYWORLD = "toyworld"
 
 
 def load_sft_data(source: str, split: str = "train", world_seed: int = 0):
@@ -41,11 +41,12 @@ def load_preference_data(source: str, split: str = "train", world_seed: int = 0)
 
 
 def _load(source: str, split: str, kind: str, world_seed: int):
-    """(dataset, description of where it came from) for a Hub id, a local path or "toyworld"."""
+    """(dataset, description of where it came from) for a Hub id, a local path or a registered dataset
+    name such as "toyworld" (its files, written for toy world `world_seed`)."""
     import datasets
 
-    if source == TOYWORLD:
-        source = str(write_toyworld_data(world_seed))
+    if source in registry.names("dataset"):
+        source = str(registry.lookup("dataset", source)(world_seed=world_seed))
     path = Path(source)
     if kind == "preferences" and path.is_dir() and (path / "preferences").is_dir():
         path = path / "preferences"
@@ -171,21 +172,3 @@ def write_jsonl(rows: list[dict], path: str | os.PathLike) -> Path:
             f.write(json.dumps(row) + "\n")
     tmp.replace(path)
     return path
-
-
-def write_toyworld_data(world_seed: int = 0, root: str | os.PathLike | None = None) -> Path:
-    """Write the toy world's dSFT dialogues as `sft/train.jsonl` and `sft/test.jsonl` (every 20th
-    dialogue held out), plus the AIF and eval prompts; returns the directory. Reused if present."""
-    from .tiny import cache_dir
-    from .toyworld import ToyWorld, source_digest
-
-    directory = Path(root or cache_dir()) / f"toyworld-{world_seed}-{source_digest()}"
-    if (directory / "sft" / "test.jsonl").is_file():
-        return directory
-    world = ToyWorld(seed=world_seed)
-    rows = world.sft_dialogues()
-    write_jsonl([r for k, r in enumerate(rows) if k % 20], directory / "sft" / "train.jsonl")
-    write_jsonl(world.prompts("aif"), directory / "prompts" / "aif.jsonl")
-    write_jsonl(world.prompts("eval"), directory / "prompts" / "eval.jsonl")
-    write_jsonl(rows[::20], directory / "sft" / "test.jsonl")
-    return directory

@@ -8,15 +8,20 @@ rates against a reference, paired bootstrap confidence intervals, and chat-templ
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import registry
+from .benchmarks import run_benchmarks
 from .chat import follows_template
+from .config import stage_dir, write_run_info
 from .generation import Completion, Sampler, generate
-from .judges import check_failure_share
+from .judges import check_failure_share, make_judge
+from .models import resolve_model_path
 
 
 def adheres(conversation: list[dict], completion: Completion, addresses=None) -> bool:
@@ -36,14 +41,13 @@ def template_adherence(model, tokenizer, conversations: list[list[dict]], max_ne
     return rate, completions
 
 
-def load_eval_prompts(source: str = "toyworld", split: str = "train", world_seed: int = 0) -> list[dict]:
-    """Rows with prompt_id and `turns` (the user messages). "toyworld" gives the held-out prompts of toy
-    world `world_seed`; otherwise a Hub id such as HuggingFaceH4/mt_bench_prompts, loaded at run time
-    (never vendored)."""
-    if source == "toyworld":
-        from .toyworld import ToyWorld
-
-        return [{"prompt_id": r["prompt_id"], "turns": r["turns"]} for r in ToyWorld(seed=world_seed).eval_prompts()]
+def load_eval_prompts(source: str, split: str = "train", world_seed: int = 0) -> list[dict]:
+    """Rows with prompt_id and `turns` (the user messages). A registered name ("toyworld": the held-out
+    prompts of toy world `world_seed`), else a Hub id such as HuggingFaceH4/mt_bench_prompts, loaded at
+    run time (never vendored)."""
+    if source in registry.names("eval_prompts"):
+        rows = registry.lookup("eval_prompts", source)(world_seed=world_seed)
+        return [{"prompt_id": r["prompt_id"], "turns": r["turns"]} for r in rows]
     import datasets
 
     rows = []
@@ -78,8 +82,6 @@ def answer_model(recipe, name: str, prompts: list[dict], progress: bool = True) 
     """Model `name`'s answers to every turn (a Hub id, a path, or "base"/"sft"/"dpo" of the recipe's
     scale and preset), generated as the eval recipe says: its backend (vLLM on a GPU when installed),
     dtype, batch size, length and temperature. The model is freed before this returns."""
-    from .models import resolve_model_path
-
     path = resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed)
     with Sampler(path, recipe.generation_backend, recipe.batch_size, recipe.dtype) as sampler:
         return sample_turns(sampler, prompts, recipe.max_new_tokens, recipe.temperature, progress)
@@ -425,8 +427,6 @@ CONSTANT = "constant:"  # a model spec "constant:<text>" answers every turn with
 def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = None, progress: bool = True) -> tuple[dict, dict]:
     """Answer the recipe's eval prompts with each model (name -> path, Hub id, or "constant:<text>"),
     grade every turn, and compare `compare = (a, b)` head to head. Returns (results, answers)."""
-    from .judges import make_judge
-
     prompts = load_eval_prompts(recipe.prompts, world_seed=recipe.world_seed)
     answers = {name: constant_answers(prompts, source[len(CONSTANT):]) if source.startswith(CONSTANT)
                else answer_model(recipe, source, prompts, progress) for name, source in models.items()}  # one model at a time
@@ -449,15 +449,8 @@ def run_eval(recipe):
     last model with the one before it (score difference and pairwise), and write `results.json` in
     runs/<scale>/eval/. A recipe with `benchmarks` (demo/full) runs those instead: see
     `benchmarks.run_benchmarks`."""
-    import json
-
     if recipe.benchmarks:
-        from .benchmarks import run_benchmarks
-
         return run_benchmarks(recipe)
-
-    from .config import stage_dir, write_run_info
-    from .models import resolve_model_path
 
     out = stage_dir(recipe, "eval")
     models = {name: name if name.startswith(CONSTANT) else resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed)

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .chat import ZEPHYR_CHAT_TEMPLATE
 from .config import BACKENDS
 from .device import device, release_memory, resolve_dtype
+from .progress import bar, enabled
 
 
 @dataclass
@@ -48,8 +50,6 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
 
     A tokenizer without a chat template (a base model) gets the Zephyr template, so base and chat
     models are prompted with the very same text."""
-    from .chat import ZEPHYR_CHAT_TEMPLATE
-
     template = tokenizer.chat_template or ZEPHYR_CHAT_TEMPLATE
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
@@ -67,8 +67,6 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     """Answer each conversation (a message list ending with a user turn). Greedy if temperature is 0.
 
     Prompts are sorted by length before batching (less padding), and results returned in input order."""
-    from .progress import bar
-
     encoded = encode_prompts(tokenizer, conversations)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if sort_by_length else list(range(len(encoded)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -126,8 +124,6 @@ def generate_vllm(llm, tokenizer, conversations: list[list[dict]], max_new_token
 
     params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     prompts = [{"prompt_token_ids": ids} for ids in encode_prompts(tokenizer, conversations)]
-    from .progress import enabled
-
     outs = llm.generate(prompts, params, use_tqdm=enabled(progress))
     return [Completion(o.outputs[0].text.strip(), o.outputs[0].finish_reason == "stop", len(o.outputs[0].token_ids)) for o in outs]
 

@@ -1,12 +1,13 @@
 """Judges: rate a (conversation, response) pair with a written rationale: 1-5 per UltraFeedback aspect,
 1-10 overall (MT-Bench).
 
-Three backends behind one interface, `judge.judge(conversation, response, aspect) -> Verdict`:
-- `ToyJudge`: the toy world's oracle (tiny scale);
+Backends behind one interface, `judge.judge(conversation, response, aspect) -> Verdict`:
 - `EndpointJudge`: any OpenAI-compatible chat-completions endpoint (GPT-4, vLLM, TGI, ...);
-- `HFJudge`: a local Hugging Face chat model.
+- `HFJudge`: a local Hugging Face chat model;
+- a judge registered by name (`registry`), such as the tiny scale's "toy", the toy world's oracle
+  (`zephyr_utils.toy.judge`).
 `aspect` is one of UltraFeedback's four ("instruction_following", "truthfulness", "honesty",
-"helpfulness") or "overall" (MT-Bench single-answer grading).
+"helpfulness") or "overall" (MT-Bench single-answer grading): see `rubric`.
 
 Trust in a verdict rests on two rules:
 - the prompt fences the conversation and the answer between marker lines that carry a code the fenced
@@ -39,17 +40,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from . import registry
+from .generation import generate, load_model
 from .progress import bar
-
-ASPECTS = ("instruction_following", "truthfulness", "honesty", "helpfulness")
-
-ASPECT_GUIDES = {
-    "instruction_following": "How well does the answer follow the user's instruction: does it do what was asked, in the form asked, and nothing else?",
-    "truthfulness": "Is the answer factually correct and free of invented facts?",
-    "honesty": "Does the answer express the right amount of confidence, and admit when it does not or cannot know?",
-    "helpfulness": "Is the answer useful: correct, relevant, clear and concise?",
-    "overall": "Consider helpfulness, relevance, accuracy, depth and conciseness of the answer.",
-}
+from .rubric import ASPECT_GUIDES, top_rating
 
 
 def fence_code(*texts: str) -> str:
@@ -71,11 +65,6 @@ def render_conversation(conversation: list[dict]) -> str:
 
 def fenced(name: str, code: str, text: str) -> str:
     return f"<<{name} {code}>>\n{text}\n<<end of {name} {code}>>"
-
-
-def top_rating(aspect: str) -> int:
-    """The top of an aspect's scale: UltraFeedback rates each aspect 1-5; MT-Bench's overall score is 1-10."""
-    return 10 if aspect == "overall" else 5
 
 
 def judge_prompt(conversation: list[dict], response: str, aspect: str) -> str:
@@ -231,28 +220,6 @@ class Judge:
         raise NotImplementedError
 
 
-class ToyJudge(Judge):
-    """The toy world's oracle: deterministic, instant, and written like an LLM judge."""
-
-    name = "toy"
-
-    def __init__(self, world=None, world_seed: int = 0):
-        from .toyworld import ToyWorld
-
-        self.world = world or ToyWorld(seed=world_seed)
-
-    def addresses(self, conversation: list[dict], response: str) -> bool:
-        """Does the answer name the creature asked about (part of the tiny scale's template check)?"""
-        return self.world.addresses(conversation, response)
-
-    def _verdict(self, conversation, response, aspect, attempt):
-        return self.world.judge_verdict(conversation, response, aspect)
-
-    def compare(self, conversation, answer_a, answer_b):
-        text = self.world.pairwise_verdict(conversation, answer_a, answer_b)
-        return parse_preference(text), text
-
-
 RETRYABLE_STATUS = {408, 409, 429}  # and every 5xx: the same request may succeed later
 CONFIG_STATUS = {401: "the API key was refused", 403: "the API key may not use this model or endpoint",
                  404: "no such model or URL"}
@@ -389,28 +356,25 @@ class HFJudge(Judge):
     """A local Hugging Face chat model as judge (greedy decoding)."""
 
     def __init__(self, model_path: str, max_new_tokens: int = 256, batch_size: int = 8):
-        from .generation import load_model
-
         self.name = f"hf:{model_path}"
         self.model, self.tokenizer = load_model(model_path)
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
 
     def _ask(self, prompt, attempt):
-        from .generation import generate
-
         (out,) = generate(self.model, self.tokenizer, [[{"role": "user", "content": prompt}]], max_new_tokens=self.max_new_tokens,
                           temperature=0.0 if attempt == 1 else 0.7, seed=attempt, progress=False)
         return out.text
 
 
-def make_judge(spec: str, base_url: str = "", world=None, world_seed: int = 0) -> Judge:
-    """`"toy"` (the oracle of toy world `world_seed`), `"openai:<model>"` (with `base_url` for any
-    compatible server) or `"hf:<model>"`."""
+def make_judge(spec: str, base_url: str = "", world_seed: int = 0) -> Judge:
+    """A judge registered under `spec` (such as "toy": the oracle of toy world `world_seed`),
+    `"openai:<model>"` (with `base_url` for any compatible server) or `"hf:<model>"`."""
+    if spec in registry.names("judge"):
+        return registry.lookup("judge", spec)(world_seed=world_seed)
     kind, _, name = spec.partition(":")
-    if kind == "toy":
-        return ToyJudge(world, world_seed)
     if kind == "openai" and name:
         return EndpointJudge(name, base_url=base_url or None)
     if kind == "hf" and name:
         return HFJudge(name)
-    raise ValueError(f"unknown judge {spec!r}; use 'toy', 'openai:<model>' or 'hf:<model id or path>'")
+    registered = "".join(f"{n!r}, " for n in registry.names("judge"))
+    raise ValueError(f"unknown judge {spec!r}; use {registered}'openai:<model>' or 'hf:<model id or path>'")

@@ -1,30 +1,28 @@
 """Loading a model and tokenizer for training, per scale: dtype, attention, LoRA / QLoRA.
 
-A recipe's `model_name_or_path` is a Hub id, a local directory, or a name: "tiny" (the toy base
-model, built on first use), "base" (the scale's base model), "sft" or "dpo" (this scale's outputs).
+A recipe's `model_name_or_path` is a Hub id, a local directory, or a name: a base model registered by
+name (`registry`; "tiny": the toy base model, built on first use), "base" (the scale's base model),
+"sft" or "dpo" (this scale's outputs).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 from pathlib import Path
 
 import torch
 
+from . import registry
 from .chat import apply_zephyr_template
 from .config import TrainRecipe, load_recipe, stage_dir
-from .device import resolve_dtype
+from .device import keep_freed_memory, resolve_dtype
 
 
 def resolve_model_path(name: str, scale: str, preset: str | None = None, world_seed: int = 0) -> str:
-    """A path or Hub id that `from_pretrained` accepts (`preset`: see `config.resolve_preset`; "tiny": the
-    base model of toy world `world_seed`)."""
-    if name == "tiny":
-        from .tiny import build_tiny_base
-
-        return str(build_tiny_base(load_recipe("base", "tiny", world_seed=world_seed)))
+    """A path or Hub id that `from_pretrained` accepts (`preset`: see `config.resolve_preset`; a registered
+    base model such as "tiny" is built for toy world `world_seed`)."""
+    if name in registry.names("base_model"):  # e.g. "tiny", built by the toy plug-in on first use
+        return str(registry.lookup("base_model", name)(world_seed=world_seed))
     if name == "base":  # the scale's base model: what dSFT starts from
         return resolve_model_path(load_recipe("sft", scale, preset=preset).model_name_or_path, scale, preset, world_seed)
     if name in ("sft", "dpo"):
@@ -77,24 +75,6 @@ def lora_config(recipe: TrainRecipe):
 
     return LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
                       target_modules=list(recipe.lora_target_modules), bias="none", task_type="CAUSAL_LM")
-
-
-def keep_freed_memory() -> bool:
-    """On Linux CPUs: stop glibc's malloc from handing freed activation buffers back to the OS.
-
-    A training step frees and re-allocates the same large buffers every step. By default glibc serves
-    each one with fresh mmap pages and trims the heap after frees, so every step pays the page faults
-    (and the kernel's zeroing of the pages) again. Raising the mmap and trim thresholds keeps the memory
-    in the process instead (bench/ compares it with glibc's defaults: a few percent at most). Returns
-    whether the setting was applied (not on macOS/Windows/musl, where this does nothing)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    return all([mallopt(m_mmap_threshold, 1 << 30), mallopt(m_trim_threshold, 1 << 30), mallopt(m_top_pad, 64 << 20)])
 
 
 def load_model(path: str, recipe: TrainRecipe, trust_remote_code: bool = False):

@@ -27,6 +27,8 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+from .data import _load
+
 FASTCHAT_DATA = "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data"
 JUDGE_PROMPTS_URL = f"{FASTCHAT_DATA}/judge_prompts.jsonl"
 TURNS = 2
@@ -57,8 +59,6 @@ def load_questions(source: str = "HuggingFaceH4/mt_bench_prompts", split: str = 
     """Questions as FastChat's records {question_id, category, turns, reference}, from the Hub dataset
     `HuggingFaceH4/mt_bench_prompts` (prompt, prompt_id, category, reference), a local file of that schema,
     or FastChat's own question.jsonl (question_id, category, turns, reference). Loaded at run time."""
-    from .data import _load
-
     rows, where = _load(source, split, "mt_bench", 0)
     questions, seen = [], set()
     for i, row in enumerate(rows):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .config import display_path
+
 ENV = "ZEPHYR_PROGRESS"
 OFF = ("0", "false", "no", "off")
 
@@ -64,8 +66,6 @@ def report_evaluations(trainer, columns: dict[str, str]) -> None:
     if enabled():
         return
     from transformers import PrinterCallback, TrainerCallback
-
-    from .config import display_path
 
     widths = {key: max(len(title), 8) for key, title in columns.items()}
 

@@ -3,6 +3,8 @@ model, pretrained on the toy world's plain text and saved with `save_pretrained`
 stage loads it with `AutoModelForCausalLM.from_pretrained(path)` exactly like a Hub model.
 
     path = build_tiny_base()          # reused from the cache when already built
+
+Registered as the base model "tiny" (`model_name_or_path: tiny` in the tiny recipes).
 """
 
 from __future__ import annotations
@@ -19,16 +21,13 @@ from pathlib import Path
 
 import torch
 
-from .config import BaseRecipe, load_recipe, recipe_to_dict
-from .toyworld import ROLE_MARKERS, ToyWorld
+from ..chat import ROLE_MARKERS
+from ..config import BaseRecipe, cache_dir, load_recipe, recipe_to_dict
+from ..device import keep_freed_memory
+from ..progress import bar as progress_bar
+from .world import ToyWorld
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
-CACHE_ENV = "ZEPHYR_CACHE"
-
-
-def cache_dir() -> Path:
-    """Where built artifacts are kept: $ZEPHYR_CACHE, else ~/.cache/zephyr_book."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "zephyr_book")
 
 
 def tiny_base_path(recipe: BaseRecipe | None = None, root: str | os.PathLike | None = None) -> Path:
@@ -110,9 +109,6 @@ def make_model(recipe: BaseRecipe, tokenizer):
 
 def pretrain(model, blocks: torch.Tensor, recipe: BaseRecipe, progress: bool = True) -> list[float]:
     """Causal-LM pretraining on packed blocks with AdamW and a warmup-cosine schedule; fp32, CPU."""
-    from .models import keep_freed_memory
-    from .progress import bar as progress_bar
-
     keep_freed_memory()
     gen = torch.Generator().manual_seed(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, betas=(0.9, 0.95), weight_decay=0.1)
@@ -157,9 +153,10 @@ def pack(texts: list[str], tokenizer, block_size: int) -> torch.Tensor:
 
 
 def build_tiny_base(recipe: BaseRecipe | None = None, root: str | os.PathLike | None = None,
-                    force: bool = False, progress: bool = True) -> Path:
-    """Build (or reuse) the tiny base model; returns the directory to `from_pretrained`."""
-    recipe = recipe or load_recipe("base", "tiny")
+                    force: bool = False, progress: bool = True, world_seed: int = 0) -> Path:
+    """Build (or reuse) the tiny base model of `recipe` (default: the shipped one, of toy world
+    `world_seed`); returns the directory to `from_pretrained`."""
+    recipe = recipe or load_recipe("base", "tiny", world_seed=world_seed)
     path = tiny_base_path(recipe, root)
     if path.is_dir() and (path / "model.safetensors").is_file() and not force:
         return path

@@ -6,6 +6,8 @@ It stands in for the web text, the teacher LLM and the judge LLM of the real rec
 - `aif_prompts()`, `eval_prompts()`: held-out questions, disjoint from the dSFT prompts;
 - `judge_verdict()`: a programmatic judge that writes its verdict as text, ending in "Rating: [[N]]",
   exactly the format the real LLM judges are parsed from.
+`write_toyworld_data()` writes the dSFT dialogues and prompts as the JSON-lines files `data` loads: the
+dataset recipes name "toyworld" (`TOYWORLD`).
 
 Every creature has five attributes. The dSFT dialogues ask about a subset of (creature, attribute)
 pairs; the held-out prompts ask about the others, whose facts the base model saw only as plain text.
@@ -15,13 +17,18 @@ Some questions name creatures that do not exist: the honest answer is "I don't k
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import ROLE_MARKERS
-from .judges import ASPECTS
+from ..chat import ROLE_MARKERS
+from ..config import cache_dir
+from ..data import write_jsonl
+from ..rubric import ASPECTS
+
+TOYWORLD = "toyworld"  # the name recipes give the toy world's data and prompts (dataset:, prompts:)
 
 ATTRIBUTES: dict[str, list[str]] = {
     "color": ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"],
@@ -359,6 +366,21 @@ def filler_share(texts) -> float:
     if not texts:
         raise ValueError("filler_share needs at least one answer")
     return sum(t.endswith(FILLER) for t in texts) / len(texts)
+
+
+def write_toyworld_data(world_seed: int = 0, root: str | os.PathLike | None = None) -> Path:
+    """Write the toy world's dSFT dialogues as `sft/train.jsonl` and `sft/test.jsonl` (every 20th
+    dialogue held out), plus the AIF and eval prompts; returns the directory. Reused if present."""
+    directory = Path(root or cache_dir()) / f"toyworld-{world_seed}-{source_digest()}"
+    if (directory / "sft" / "test.jsonl").is_file():
+        return directory
+    world = ToyWorld(seed=world_seed)
+    rows = world.sft_dialogues()
+    write_jsonl([r for k, r in enumerate(rows) if k % 20], directory / "sft" / "train.jsonl")
+    write_jsonl(world.prompts("aif"), directory / "prompts" / "aif.jsonl")
+    write_jsonl(world.prompts("eval"), directory / "prompts" / "eval.jsonl")
+    write_jsonl(rows[::20], directory / "sft" / "test.jsonl")
+    return directory
 
 
 def source_digest() -> str:

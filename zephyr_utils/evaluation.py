@@ -12,16 +12,25 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from . import registry
 from .benchmarks import run_benchmarks
 from .chat import follows_template
-from .config import stage_dir, write_run_info
+from .config import runs_root, stage_dir, write_run_info
 from .generation import Completion, Sampler, generate
 from .judges import check_failure_share, make_judge
 from .models import resolve_model_path
+
+
+def save_results(chapter: str, scale: str, preset: str = "", **results) -> None:
+    """What a chapter measured, as runs/<scale>[-<preset>]/book/<chapter>.json: the file the tests read
+    (not the printed prose), and a record a reader can compare across runs."""
+    path = runs_root() / (f"{scale}-{preset}" if preset else scale) / "book" / f"{chapter}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
 
 
 def adheres(conversation: list[dict], completion: Completion, addresses=None) -> bool:

@@ -73,12 +73,10 @@ def test_last_checkpoint_deletes_an_unfinished_save_and_takes_the_one_before(tmp
 
 
 @pytest.fixture(scope="module")
-def tiny_sft(tmp_path_factory, tiny_base_path):
-    """The tiny dSFT model trained with the shipped recipe into a temporary runs directory."""
-    from zephyr_utils.sft import train_sft
-
-    out = tmp_path_factory.mktemp("runs") / "sft"
-    return train_sft(load_recipe("sft", "tiny", output_dir=str(out)))
+def tiny_sft(built_book):
+    """The tiny dSFT model trained with the shipped recipe: the one chapter 1 trained in the book build (tiny
+    dSFT is trained once per test session)."""
+    return built_book.parent / "runs" / "tiny" / "sft"
 
 
 def test_sft_saves_model_tokenizer_recipe_and_versions(tiny_sft):

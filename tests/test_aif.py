@@ -181,7 +181,6 @@ def fake_pool(monkeypatch):
     import zephyr_utils.aif
 
     monkeypatch.setattr(zephyr_utils.aif, "Sampler", FakeSampler)
-    monkeypatch.setattr(zephyr_utils.aif, "resolve_model_path", lambda name, scale, *args: name)
     FakeSampler.calls, FakeSampler.die_after = 0, None
     return FakeSampler
 

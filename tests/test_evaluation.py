@@ -141,7 +141,6 @@ def test_run_eval_scores_each_model_and_compares_the_last_with_the_one_before(tm
 
     import zephyr_utils.evaluation as evaluation
     import zephyr_utils.judges
-    import zephyr_utils.models
     from zephyr_utils.config import load_recipe
 
     prompts = [{"prompt_id": str(i), "turns": [f"q{i}", f"q{i} again"]} for i in range(6)]
@@ -153,7 +152,6 @@ def test_run_eval_scores_each_model_and_compares_the_last_with_the_one_before(tm
 
     monkeypatch.setattr(evaluation, "load_eval_prompts", lambda *a, **k: prompts)
     monkeypatch.setattr(evaluation, "answer_model", answer_model)
-    monkeypatch.setattr(zephyr_utils.models, "resolve_model_path", lambda name, *a, **k: name)
     monkeypatch.setattr(zephyr_utils.judges, "make_judge", lambda *a, **k: RightOrWrong())
     recipe = load_recipe("eval", "tiny", models=["weak", "strong"], output_dir=str(tmp_path / "eval"), bootstrap_samples=300)
     results = json.loads((evaluation.run_eval(recipe) / "results.json").read_text())
@@ -318,7 +316,6 @@ def test_run_eval_stops_instead_of_scoring_over_too_many_failures(tmp_path, monk
     world = FailingOn().world
     texts = [[world.answer(world.resolve_question([{"role": "user", "content": t} for t in p["turns"][: k + 1]]), chatty=False) + f" {i}"
               for k in range(len(p["turns"]))] for i, p in enumerate(prompts)]
-    monkeypatch.setattr(evaluation, "resolve_model_path", lambda name, *a, **k: name)
     monkeypatch.setattr(evaluation, "answer_model", lambda *a, **k: [[Completion(t, True, 3) for t in ts] for ts in texts])
     monkeypatch.setattr(evaluation, "make_judge", lambda *a, **k: FailingOn())
     turns = sum(len(t) for t in texts)

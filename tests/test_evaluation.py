@@ -147,7 +147,6 @@ def test_run_eval_scores_each_model_and_compares_the_last_with_the_one_before(tm
     import json
 
     import zephyr_utils.evaluation as evaluation
-    import zephyr_utils.judges
     from zephyr_utils.config import load_recipe
 
     prompts = [{"prompt_id": str(i), "turns": [f"q{i}", f"q{i} again"]} for i in range(6)]
@@ -159,7 +158,7 @@ def test_run_eval_scores_each_model_and_compares_the_last_with_the_one_before(tm
 
     monkeypatch.setattr(evaluation, "load_eval_prompts", lambda *a, **k: prompts)
     monkeypatch.setattr(evaluation, "answer_model", answer_model)
-    monkeypatch.setattr(zephyr_utils.judges, "make_judge", lambda *a, **k: RightOrWrong())
+    monkeypatch.setattr(evaluation, "make_judge", lambda *a, **k: RightOrWrong())
     recipe = load_recipe("eval", "tiny", models=["weak", "strong"], output_dir=str(tmp_path / "eval"), bootstrap_samples=300)
     results = json.loads((evaluation.run_eval(recipe) / "results.json").read_text())
     strong, weak = results["models"]["strong"], results["models"]["weak"]

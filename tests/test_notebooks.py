@@ -1,7 +1,6 @@
 """The chapters as the book executes them (tiny scale, in order): what each one shows."""
 
 import json
-import re
 from pathlib import Path
 
 import nbformat
@@ -13,10 +12,6 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 def executed(built_book, name):
     return nbformat.read(built_book / "jupyter_execute" / "notebooks" / f"{name}.ipynb", as_version=4)
-
-
-def stdout_of(nb) -> str:
-    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("name") == "stdout")
 
 
 def images_of(nb) -> int:
@@ -34,35 +29,37 @@ def test_notebooks_are_committed_clean_and_parameterised(path):
     assert "github.com" not in text and "git+" not in text, "a notebook must not install from or link to another repository"
 
 
+def results(built_book, chapter):
+    """What a chapter measured, as it saved it (zephyr_utils.evaluation.save_results) during the book build."""
+    return json.loads((built_book.parent / "runs" / "tiny" / "book" / f"{chapter}.json").read_text())
+
+
 def test_01_dsft(built_book):
-    nb = executed(built_book, "01_dsft")
-    out = stdout_of(nb)
-    base, sft = map(float, re.search(r"prompts: base ([\d.]+)%, dSFT ([\d.]+)%", out).groups())
-    base_format, sft_format = map(float, re.search(r"names not checked\): base ([\d.]+)%, dSFT ([\d.]+)%", out).groups())
-    print(f"\nchapter 1: template adherence base {base}%, dSFT {sft}% (format only: {base_format}%, {sft_format}%)")
-    assert sft_format >= 95 and base_format < 20 and sft >= 80 and base < 20
-    assert images_of(nb) >= 2  # loss curve and adherence bars
+    r = results(built_book, "01_dsft")
+    adherence, format_only = r["adherence"], r["format_only"]
+    print(f"\nchapter 1: template adherence on {r['held_out']} prompts {adherence} (format only: {format_only})")
+    assert format_only["sft"] >= 0.95 and format_only["base"] < 0.2 and adherence["sft"] >= 0.8 and adherence["base"] < 0.2
+    assert images_of(executed(built_book, "01_dsft")) >= 2  # loss curve and adherence bars
 
 
 def test_02_aif(built_book):
-    out = stdout_of(executed(built_book, "02_aif"))
     summary = json.loads((built_book.parent / "runs" / "tiny" / "aif" / "summary.json").read_text())
     print(f"\nchapter 2: {summary['pairs']} pairs of {summary['prompts']} prompts")
     # prompts whose four answers all tie give no pair: 56-78% of the prompts gave one in the seed study
     assert summary["pairs"] >= 0.5 * summary["prompts"] and summary["missing_ratings"] == 0
-    good, injected = map(float, re.findall(r"=> parsed rating: ([\d.]+)", out))
-    assert good == 5 and injected <= 3  # aspect ratings are 1-5; the answer that rated itself 10 was not believed
+    ratings = results(built_book, "02_aif")["truthfulness"]
+    assert ratings["good"] == 5 and ratings["injected"] <= 3  # aspect ratings are 1-5; the answer that rated itself 10 was not believed
     assert images_of(executed(built_book, "02_aif")) >= 1
 
 
 def test_03_ddpo(built_book):
-    nb = executed(built_book, "03_ddpo")
-    out = stdout_of(nb)
-    difference = float(re.search(r"difference ([\d.e+-]+)", out).group(1))
-    sft, dpo = map(float, re.search(r"dSFT ([\d.]+)%, dDPO ([\d.]+)%", out).groups())
-    print(f"\nchapter 3: loss by hand vs TRL differ by {difference:.1e}; held-out preference accuracy dSFT {sft}%, dDPO {dpo}%")
-    assert difference < 1e-4 and dpo > sft + 20
-    assert images_of(nb) >= 1
+    r = results(built_book, "03_ddpo")
+    loss, accuracy = r["dpo_loss"], r["preference_accuracy"]
+    print(f"\nchapter 3: DPO loss by hand {loss['ours']:.6f} vs TRL {loss['trl']:.6f}; held-out preference accuracy {accuracy}")
+    assert abs(loss["ours"] - loss["trl"]) < 1e-4
+    # the dSFT model is its own reference: every reward is 0, every pair a tie, accuracy one half by construction
+    assert accuracy["sft"] == 0.5 and accuracy["dpo"] > 0.7
+    assert images_of(executed(built_book, "03_ddpo")) >= 1
 
 
 def test_04_evaluation(built_book):

@@ -22,6 +22,14 @@ from .generation import Completion, Sampler, generate
 from .judges import check_failure_share, make_judge
 
 
+def save_results(chapter: str, scale: str, preset: str = "", **results) -> None:
+    """What a chapter measured, as runs/<scale>[-<preset>]/book/<chapter>.json: the file the tests read
+    (not the printed prose), and a record a reader can compare across runs."""
+    path = runs.scale_dir(scale, preset) / "book" / f"{chapter}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+
+
 def adheres(conversation: list[dict], completion: Completion, addresses=None) -> bool:
     """Did one answer follow the chat template (`chat.follows_template`: one finished turn, no role
     marker)? With `addresses(conversation, text)` (the toy judge's), it must also name what was asked

@@ -144,3 +144,11 @@ def test_an_index_entry_whose_run_is_gone_falls_back_to_the_default(runs_dir, tm
     assert find("sft", "tiny") == elsewhere
     shutil.rmtree(elsewhere)
     assert find("sft", "tiny") == default
+
+
+def test_a_stale_run_written_elsewhere_is_told_to_rerun_there(runs_dir, tmp_path):
+    sft = fake_run("sft", {"model": "org/base"})
+    fake_run("dpo", {"model": str(sft)}, output_dir=str(tmp_path / "my-dpo"))
+    fake_run("sft", {"model": "org/base"}, seed=7)
+    with pytest.raises(StaleRunError, match=rf"rerun `zephyr dpo --scale tiny --set output_dir={tmp_path / 'my-dpo'}`"):
+        resolve("dpo", "tiny")

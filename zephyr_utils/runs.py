@@ -20,7 +20,6 @@ has the manifest it had (`check_current`); otherwise a `StaleRunError` names the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -120,7 +119,7 @@ def run_of(path: str | os.PathLike) -> Path | None:
 
 
 def read_manifest(run_dir: str | os.PathLike) -> dict:
-    """A run's manifest.json as a dict (a ValueError naming the file when it cannot be read)."""
+    """A run's manifest.json as a dict (a `RunNotFoundError` naming the file when it cannot be read)."""
     path = Path(run_dir) / MANIFEST
     try:
         return json.loads(path.read_text())
@@ -159,7 +158,7 @@ def write_manifest(output_dir: str | os.PathLike, stage: str, recipe, inputs: di
         "scale": recipe.scale,
         "preset": preset,
         "world_seed": recipe.world_seed,
-        "recipe": recipe_to_dict(recipe) if dataclasses.is_dataclass(recipe) else dict(recipe),
+        "recipe": recipe_to_dict(recipe),
         "versions": library_versions(),
         "inputs": {role: {"path": str(value), "digest": manifest_digest(value)}
                    for role, value in inputs.items() if value is not None},
@@ -205,7 +204,7 @@ def find(name: str, scale: str, preset: str = "") -> Path:
     for candidate in candidates:
         if (candidate / MANIFEST).is_file():
             manifest = read_manifest(candidate)
-            if manifest.get("name", manifest.get("stage")) == name:
+            if manifest.get("name") == name:
                 finished.append((manifest.get("date", ""), str(candidate)))
     if finished:
         return Path(max(finished)[1])
@@ -225,7 +224,9 @@ def check_current(run_dir: str | os.PathLike, world_seed: int | None = None) -> 
     An input no longer on disk is not checked (the run's own outputs still stand)."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    rerun = command(manifest.get("name", manifest["stage"]), manifest["scale"], manifest.get("preset", ""))
+    rerun = command(manifest["name"], manifest["scale"], manifest["preset"])
+    if manifest["recipe"].get("output_dir") and manifest["name"] not in ABLATIONS:
+        rerun += f" --set output_dir={manifest['recipe']['output_dir']}"
     where = display_path(run_dir)
     if world_seed is not None and manifest.get("world_seed", world_seed) != world_seed:
         raise StaleRunError(f"{where} was made for toy world {manifest['world_seed']}, but this recipe has world_seed "

@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--launcher", choices=("in-process",) + LAUNCHERS, help="override the recipe's launcher")
         p.add_argument("--num-processes", type=int,
                        help="processes to launch (default: the GPUs here, else the recipe's); the global batch stays the same")
-        p.add_argument("--run-name", help=f"the name later stages find this run by (default: {stage}); e.g. an "
-                       f"experiment in its own output_dir that `{stage}` should not mean")
+        p.add_argument("--run-name", help=f"the name the next stages find this run by (default: {stage}); give an "
+                       f"experiment its own, so that `{stage}` still means the main run")
         p.add_argument("--dry-run", action="store_true", help="print the launch command and exit")
         p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
         p.set_defaults(func=cmd_stage)

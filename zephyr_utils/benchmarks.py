@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from . import alpacaeval, mt_bench, open_llm_leaderboard, runs
-from .config import BENCHMARKS
+from .config import BENCHMARKS, load_recipe
 from .generation import Sampler, vllm_available
 from .judges import EndpointJudge, make_judge
 
@@ -78,7 +78,8 @@ def count_questions(source: str) -> int:
 
 def model_paths(recipe, planning: bool = False) -> dict[str, str]:
     """Each of `recipe.models` as a path or Hub id (`runs.resolve`). When `planning`, a model whose run has
-    not finished yet is given as the directory its stage writes by default, instead of an error."""
+    not finished yet is given as what its stage will make instead of an error: the directory it writes by
+    default, or for "base" the model the dSFT recipe starts from."""
     out = {}
     for name in recipe.models:
         try:
@@ -86,8 +87,10 @@ def model_paths(recipe, planning: bool = False) -> dict[str, str]:
         except runs.RunNotFoundError:
             if not planning:
                 raise
-            where = runs.scale_dir(recipe.scale, recipe.preset)
-            out[name] = f"the model {runs.display_path(where / 'sft')} starts from" if name == "base" else str(where / name)
+            if name == "base":
+                out[name] = load_recipe("sft", recipe.scale, preset=recipe.preset).model_name_or_path
+            else:
+                out[name] = str(runs.scale_dir(recipe.scale, recipe.preset) / name)
     return out
 
 

@@ -207,10 +207,10 @@ def bench_dpo(work: Path) -> dict:
 def bench_generation() -> dict:
     """Completions/s for 128 prompts: one at a time, and batched with and without length sorting."""
     from zephyr_utils.generation import generate, load_model
-    from zephyr_utils.models import resolve_model_path
+    from zephyr_utils.runs import resolve
     from zephyr_utils.toy.world import ToyWorld
 
-    model, tokenizer = load_model(resolve_model_path("sft", "tiny"))
+    model, tokenizer = load_model(resolve("sft", "tiny"))
     convs = [r["messages"] for r in ToyWorld().prompts("aif")[:128]]
     rows = {}
     for batch, sort in ((1, False), (8, False), (8, True), (32, False), (32, True), (64, False), (64, True)):
@@ -223,7 +223,7 @@ def bench_generation() -> dict:
 
 
 def machine() -> dict:
-    from zephyr_utils.config import library_versions
+    from zephyr_utils.runs import library_versions
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())

@@ -133,7 +133,7 @@ def main() -> None:
 
 def write(path: Path, runs: list[dict], sets: dict, base_seconds: dict, started: float) -> None:
     """study.json (rewritten after every run, so an interrupted study keeps what it measured) and its plot."""
-    from zephyr_utils.config import library_versions
+    from zephyr_utils.runs import library_versions
     from zephyr_utils.plotting import plot_study
 
     path.parent.mkdir(parents=True, exist_ok=True)

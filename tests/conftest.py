@@ -7,6 +7,14 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runs_outside_the_checkout(tmp_path_factory):
+    """Runs a test writes without its own ZEPHYR_RUNS (a finished run records itself in
+    runs/<scale>/latest.json) go to a temporary directory, never to the checkout's runs/."""
+    if not os.environ.get("ZEPHYR_RUNS"):
+        os.environ["ZEPHYR_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+
+
 @pytest.fixture(scope="session")
 def world():
     from zephyr_utils.toy.world import ToyWorld

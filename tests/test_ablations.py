@@ -15,11 +15,16 @@ def test_dpo_without_dsft_is_the_dpo_recipe_from_the_base_model(tmp_path, monkey
 
 
 def test_dsft2_is_one_more_sft_epoch_on_the_chosen_conversations(tmp_path, monkeypatch):
+    from zephyr_utils.config import load_recipe
+    from zephyr_utils.runs import write_manifest
+
     monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
+    aif = tmp_path / "my-aif"  # an AIF run written outside runs/tiny is the one dSFT-2 trains on
+    write_manifest(aif, "aif", load_recipe("aif", "tiny", output_dir=str(aif)), {}, {"train": "preferences/train.jsonl"})
     stage, values = ablation_overrides("sft2", "tiny", num_train_epochs=7)
     assert stage == "sft" and values["num_train_epochs"] == 1.0  # one epoch, whatever dSFT-1 used
-    assert values["model_name_or_path"] == str(tmp_path / "tiny" / "sft")
-    assert values["dataset"] == str(tmp_path / "tiny" / "aif" / "preferences")
+    assert values["model_name_or_path"] == "sft"  # the newest dSFT run, found when dSFT-2 starts
+    assert values["dataset"] == str(aif / "preferences")
     assert values["output_dir"] == str(tmp_path / "tiny" / "sft2")
     with pytest.raises(ValueError, match="unknown ablation"):
         ablation_overrides("sft3", "tiny")

@@ -181,7 +181,6 @@ def fake_pool(monkeypatch):
     import zephyr_utils.aif
 
     monkeypatch.setattr(zephyr_utils.aif, "Sampler", FakeSampler)
-    monkeypatch.setattr(zephyr_utils.aif, "resolve_model_path", lambda name, scale, *args: name)
     FakeSampler.calls, FakeSampler.die_after = 0, None
     return FakeSampler
 
@@ -255,7 +254,7 @@ def test_summary_lists_what_is_missing_and_too_many_failures_write_no_pairs(tmp_
 
 
 # A pool of the toy teacher and the tiny base model sampled at three temperatures, as in the review.
-POOL = "pool=[teacher, base@1.0, base@0.3, base@1.5]"
+POOL = "pool=[teacher, tiny@1.0, tiny@0.3, tiny@1.5]"
 
 KILLER = r"""
 import json, os, signal, sys
@@ -315,7 +314,7 @@ def test_sigkilled_aif_reruns_to_the_uninterrupted_runs_pairs(tmp_path, tiny_bas
 
     aif(tmp_path / "whole")
     out = tmp_path / "killed"
-    aif(out, "sampling", "4")  # teacher: 2 batches of 16; base@1.0: its second batch is cut in half
+    aif(out, "sampling", "4")  # teacher: 2 batches of 16; tiny@1.0: its second batch is cut in half
     lines = (out / "completions.jsonl").read_text().split("\n")
     assert 3 * 16 < len(lines) < 4 * 16 and lines[-1] == '{"prompt_id": "to' and not (out / "ratings.jsonl").exists()
     aif(out, "judging", "2")  # resumes sampling, then dies in the second (last) chunk of 256 ratings
@@ -323,7 +322,10 @@ def test_sigkilled_aif_reruns_to_the_uninterrupted_runs_pairs(tmp_path, tiny_bas
     assert 256 < len((out / "ratings.jsonl").read_text().split("\n")) < 512 and not (out / "summary.json").exists()
     aif(out, "writing", "2")  # train.jsonl written, test.jsonl cut short
     assert (out / "preferences" / "train.jsonl").is_file() and not (out / "preferences" / "test.jsonl").exists()
+    assert not (out / "manifest.json").exists()  # a killed run is never a finished one
     aif(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "aif" and manifest["inputs"]["pool:tiny"]["path"] == str(tiny_base_path)
     whole = tmp_path / "whole"
     for name in ("preferences/train.jsonl", "preferences/test.jsonl", "summary.json"):
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
@@ -398,7 +400,7 @@ def test_a_flaky_endpoint_is_repaired_by_a_rerun(tmp_path, tiny_base_path, monke
     flaky, healthy, fresh = servers
     try:
         def run(out, server):
-            recipe = load_recipe("aif", "tiny", output_dir=str(out), pool=["teacher", "base@1.0", "base@0.3", "base@1.5"],
+            recipe = load_recipe("aif", "tiny", output_dir=str(out), pool=["teacher", "tiny@1.0", "tiny@0.3", "tiny@1.5"],
                                  max_prompts=60, batch_size=16, judge="openai:toy-judge", judge_base_url=server.url)
             return run_aif(recipe, judge=EndpointJudge("toy-judge", server.url, backoff=0.001, max_retries=2), progress=False)
 

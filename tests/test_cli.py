@@ -143,3 +143,18 @@ def test_two_process_cpu_launch_of_sft_and_dpo(tmp_path, tiny_base_path, world):
             assert state["epoch"] == pytest.approx(8 / math.ceil(n / 32), abs=0.01)
         model, tokenizer = load_model(str(out))
         assert tokenizer.chat_template and model.config.model_type == "mistral"
+
+
+def test_a_stage_whose_input_has_not_run_names_the_command_that_makes_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path / "runs"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["dpo", "--scale", "tiny"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == ("zephyr: no finished dSFT run for tiny scale under runs/tiny: run "
+                                               "`zephyr sft --scale tiny` first, or pass a path")
+
+
+def test_a_run_name_reaches_the_launched_processes(capsys):
+    main(["dpo", "--scale", "full", "--run-name", "dpo_only", "--dry-run"])
+    printed = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed[-2:] == ["--run-name", "dpo_only"] and "--in-process" in printed

@@ -1,7 +1,7 @@
 import pytest
 
 from zephyr_utils.config import (SCALES, STAGES, DPORecipe, RecipeError, SFTRecipe, load_recipe, recipe_path, resolve_scale,
-                                 stage_dir, train_batch)
+                                 train_batch)
 
 RECIPES = recipe_path("sft", "tiny").parents[1]  # zephyr_utils/recipes
 SHIPPED = sorted(RECIPES.rglob("*.yaml"))
@@ -103,12 +103,6 @@ def test_errors_name_the_recipe_file(tmp_path):
         load_recipe("base", "demo")
     with pytest.raises(ValueError, match="unknown stage"):
         load_recipe("rlhf", "tiny")
-
-
-def test_stage_dir_defaults_under_runs(monkeypatch, tmp_path):
-    monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
-    assert stage_dir(load_recipe("sft", "demo"), "sft") == tmp_path / "demo" / "sft"
-    assert stage_dir(load_recipe("sft", "demo", output_dir="elsewhere"), "sft").name == "elsewhere"
 
 
 def test_a_scale_or_preset_in_a_recipe_file_must_agree_with_the_one_given(tmp_path, monkeypatch):

@@ -129,3 +129,6 @@ def test_lora_dpo_uses_the_adapter_disabled_reference_and_saves_a_merged_model(t
     assert not any("lora" in k for k in weights) and any("q_proj" in k for k in weights)
     history = json.loads((out / "log_history.json").read_text())
     assert any("rewards/margins" in h for h in history)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "dpo" and manifest["inputs"]["model"]["path"] == str(tiny_base_path)
+    assert manifest["inputs"]["dataset"] == {"path": str(tmp_path / "prefs"), "digest": None}

@@ -100,15 +100,22 @@ def test_grades_count_failures_and_average_rated_turns():
         paired_bootstrap([[None]], [[1.0]])
 
 
-def test_run_eval_writes_scores_cis_and_a_pairwise_comparison(tmp_path, tiny_base_path):
+def test_run_eval_writes_scores_cis_and_a_pairwise_comparison(tmp_path, tiny_base_path, monkeypatch):
     """The whole stage with the tiny model under two names and the toy judge: files and fields (the numbers
-    are checked by the scripted test below)."""
+    are checked by the scripted test below). "base" is the model the dSFT run started from (its manifest
+    says which: here a dSFT run with no weights, started from the tiny model)."""
     import json
 
     from zephyr_utils.config import load_recipe
     from zephyr_utils.evaluation import run_eval
+    from zephyr_utils.runs import write_manifest
 
+    monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path / "runs"))
+    write_manifest(tmp_path / "runs" / "tiny" / "sft", "sft", load_recipe("sft", "tiny"), {"model": str(tiny_base_path)}, {})
     out = run_eval(load_recipe("eval", "tiny", models=["base", "tiny"], output_dir=str(tmp_path / "eval"), bootstrap_samples=200))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "eval" and manifest["outputs"] == {"results": "results.json"}
+    assert {name: i["path"] for name, i in manifest["inputs"].items()} == {"base": str(tiny_base_path), "tiny": str(tiny_base_path)}
     results = json.loads((out / "results.json").read_text())
     assert results["judge"] == "toy" and results["prompts"] >= 80
     for name in ("base", "tiny"):  # the same model under two names
@@ -151,7 +158,6 @@ def test_run_eval_scores_each_model_and_compares_the_last_with_the_one_before(tm
 
     monkeypatch.setattr(evaluation, "load_eval_prompts", lambda *a, **k: prompts)
     monkeypatch.setattr(evaluation, "answer_model", answer_model)
-    monkeypatch.setattr(evaluation, "resolve_model_path", lambda name, *a, **k: name)
     monkeypatch.setattr(evaluation, "make_judge", lambda *a, **k: RightOrWrong())
     recipe = load_recipe("eval", "tiny", models=["weak", "strong"], output_dir=str(tmp_path / "eval"), bootstrap_samples=300)
     results = json.loads((evaluation.run_eval(recipe) / "results.json").read_text())
@@ -316,7 +322,6 @@ def test_run_eval_stops_instead_of_scoring_over_too_many_failures(tmp_path, monk
     world = FailingOn().world
     texts = [[world.answer(world.resolve_question([{"role": "user", "content": t} for t in p["turns"][: k + 1]]), chatty=False) + f" {i}"
               for k in range(len(p["turns"]))] for i, p in enumerate(prompts)]
-    monkeypatch.setattr(evaluation, "resolve_model_path", lambda name, *a, **k: name)
     monkeypatch.setattr(evaluation, "answer_model", lambda *a, **k: [[Completion(t, True, 3) for t in ts] for ts in texts])
     monkeypatch.setattr(evaluation, "make_judge", lambda *a, **k: FailingOn())
     turns = sum(len(t) for t in texts)

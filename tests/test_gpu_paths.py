@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from zephyr_utils import device, generation, models
-from zephyr_utils.config import batch_plan, describe_batch, load_recipe, recipe_path, stage_dir, train_batch
+from zephyr_utils.config import batch_plan, describe_batch, load_recipe, recipe_path, train_batch
+from zephyr_utils.runs import stage_dir
 
 LLAMA2_STYLE_TEMPLATE = (  # an instruct model's own template that writes the BOS itself
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
@@ -532,7 +533,6 @@ def test_24gb_preset_is_mistral_7b_with_the_handbook_qlora_recipe(monkeypatch, t
     assert (dpo.lora_r, dpo.lora_alpha, dpo.beta, dpo.learning_rate, dpo.optim) == (128, 128, 0.01, 5e-6, "paged_adamw_32bit")
     assert (dpo.global_batch_size, dpo.max_length, dpo.num_train_epochs) == (16, 1024, 1)
     assert train_batch(sft, 1) == (4, 2) and train_batch(dpo, 1) == (4, 4)  # the handbook's 4 x 2 and 4 x 4
-    assert models.resolve_model_path("base", "demo", "24gb") == "mistralai/Mistral-7B-v0.1"
     monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
     assert stage_dir(sft, "sft") == tmp_path / "demo-24gb" / "sft"  # never resumes the T4 preset's checkpoints
     assert stage_dir(load_recipe("sft", "demo"), "sft") == tmp_path / "demo" / "sft"

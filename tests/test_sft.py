@@ -90,6 +90,17 @@ def test_sft_saves_model_tokenizer_recipe_and_versions(tiny_sft):
     assert losses[-1] < losses[0] / 3
 
 
+def test_sft_writes_its_manifest_with_the_base_model_it_started_from(tiny_sft, tiny_base_path):
+    from zephyr_utils.runs import find, manifest_digest, resolve
+
+    manifest = json.loads((tiny_sft / "manifest.json").read_text())
+    assert (manifest["stage"], manifest["scale"], manifest["world_seed"]) == ("sft", "tiny", 0)
+    base = manifest["inputs"]["model"]
+    assert base["path"] == str(tiny_base_path) and base["digest"] == manifest_digest(tiny_base_path) is not None
+    assert manifest["inputs"]["dataset"] == {"path": "toyworld", "digest": None}
+    assert find("sft", "tiny") == tiny_sft and resolve("base", "tiny") == str(tiny_base_path)  # its output_dir found
+
+
 def test_dsft_model_follows_the_template_and_base_does_not(tiny_sft, tiny_base, world):
     from zephyr_utils.evaluation import template_adherence
     from zephyr_utils.generation import load_model

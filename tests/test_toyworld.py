@@ -200,10 +200,11 @@ def test_world_seed_reaches_every_stage(tmp_path):
     that ignored it would train or grade on another world than it says."""
     from zephyr_utils import registry
     from zephyr_utils.aif import load_prompts
-    from zephyr_utils.config import load_recipe, write_run_info
+    from zephyr_utils.config import load_recipe
     from zephyr_utils.data import load_sft_data
     from zephyr_utils.evaluation import load_eval_prompts
     from zephyr_utils.judges import make_judge
+    from zephyr_utils.runs import write_run_info
     from zephyr_utils.toy.base_model import tiny_base_path
 
     one = ToyWorld(seed=1)

@@ -18,11 +18,11 @@ import json
 import math
 from pathlib import Path
 
+from . import runs
 from .cli import run_stage
-from .config import load_recipe, stage_dir
+from .config import load_recipe
 from .dpo import train_dpo
 from .evaluation import CONSTANT, evaluate
-from .models import resolve_model_path
 from .sft import train_sft
 
 IDK = "I don't know."
@@ -32,23 +32,24 @@ def ablation_overrides(name: str, scale: str | None = None, **overrides) -> tupl
     """(stage, recipe overrides) that train ablation `name` ("dpo_only" or "sft2") at `scale`."""
     if name == "dpo_only":
         recipe = load_recipe("dpo", scale, **overrides)
-        return "dpo", {**overrides, "model_name_or_path": "base", "output_dir": str(stage_dir(recipe, "dpo_only"))}
+        return "dpo", {**overrides, "model_name_or_path": "base", "output_dir": str(runs.stage_dir(recipe, "dpo_only"))}
     if name == "sft2":
         recipe = load_recipe("sft", scale, **overrides)
-        aif = stage_dir(load_recipe("aif", recipe.scale), "aif") / "preferences"  # `messages` = the chosen conversation
-        return "sft", {**overrides, "model_name_or_path": str(stage_dir(recipe, "sft")), "dataset": str(aif),
-                       "num_train_epochs": 1.0, "max_steps": -1, "output_dir": str(stage_dir(recipe, "sft2"))}
+        aif = runs.find("aif", recipe.scale, recipe.preset) / "preferences"  # `messages` = the chosen conversation
+        return "sft", {**overrides, "model_name_or_path": "sft", "dataset": str(aif), "num_train_epochs": 1.0,
+                       "max_steps": -1, "output_dir": str(runs.stage_dir(recipe, "sft2"))}
     raise ValueError(f"unknown ablation {name!r}; expected dpo_only or sft2")
 
 
 def train_ablation(name: str, scale: str | None = None, **overrides) -> Path:
-    """Train ablation `name` with its stage's recipe; returns its output directory."""
+    """Train ablation `name` with its stage's recipe; returns its output directory. Its manifest names it
+    `name`, so later stages never take it for the dSFT or dDPO run (see `runs.find`)."""
     stage, values = ablation_overrides(name, scale, **overrides)
     recipe = load_recipe(stage, scale, **values)
     if recipe.launcher == "in-process":
-        return (train_dpo if stage == "dpo" else train_sft)(recipe)
+        return (train_dpo if stage == "dpo" else train_sft)(recipe, run_name=name)
     # many GPUs: `zephyr <stage>` under accelerate launch, never a 7B fine-tune in a kernel
-    run_stage(stage, recipe.scale, *(f"{k}={json.dumps(v)}" for k, v in values.items()))
+    run_stage(stage, recipe.scale, *(f"{k}={json.dumps(v)}" for k, v in values.items()), run_name=name)
     return Path(values["output_dir"])
 
 
@@ -78,8 +79,8 @@ def run_table3(scale: str | None = None, progress: bool = True, sets: dict | Non
     to one stage's (dpo_only uses the dpo stage's, sft2 the sft stage's)."""
     sets = sets or {}
     evaluation = load_recipe("eval", scale, **{k: v for k, v in overrides.items() if k in ("seed", "world_seed")})
-    sft, dpo = stage_dir(load_recipe("sft", scale), "sft"), stage_dir(load_recipe("dpo", scale), "dpo")
-    models = {"base": resolve_model_path("base", evaluation.scale, evaluation.preset, evaluation.world_seed),
+    sft, dpo = (Path(runs.resolve(name, evaluation.scale, evaluation.preset, evaluation.world_seed)) for name in ("sft", "dpo"))
+    models = {"base": runs.resolve("base", evaluation.scale, evaluation.preset, evaluation.world_seed),
               "dpo_only": str(train_ablation("dpo_only", scale, **overrides, **sets.get("dpo", {}))), "sft": str(sft),
               "sft2": str(train_ablation("sft2", scale, **overrides, **sets.get("sft", {}))), "dpo": str(dpo),
               "idk": CONSTANT + IDK}
@@ -96,7 +97,9 @@ def run_table3(scale: str | None = None, progress: bool = True, sets: dict | Non
                     "ci95": graded[f"dpo_epoch{k}"]["ci95"]} for k, _ in checkpoints],
         "answers": {name: [[c.text for c in turns] for turns in a] for name, a in answers.items() if "epoch" not in name},
     }
-    out = stage_dir(evaluation, "table3")
+    out = runs.stage_dir(evaluation, "table3")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(record, indent=1))
+    runs.write_manifest(out, "table3", evaluation, {n: p for n, p in models.items() if not p.startswith(CONSTANT)},
+                        {"results": "results.json"})
     return record

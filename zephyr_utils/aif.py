@@ -33,12 +33,11 @@ import statistics
 import zlib
 from pathlib import Path
 
-from . import registry
-from .config import AIFRecipe, stage_dir, write_run_info
+from . import registry, runs
+from .config import AIFRecipe
 from .data import LOCAL_FORMATS, write_jsonl
 from .generation import Sampler
 from .judges import Judge, check_failure_share, make_judge
-from .models import resolve_model_path
 from .progress import bar as progress_bar
 from .rubric import ASPECTS
 
@@ -156,6 +155,14 @@ def sampling_batches(prompts: list[dict], member: str, assigned: dict[str, list[
     return [(start, mine[start : start + batch_size]) for start in range(0, len(mine), batch_size)]
 
 
+def pool_models(recipe: AIFRecipe) -> dict[str, str]:
+    """{model name: its path or Hub id} of the pool's members that are models (not a registered sampler such
+    as the teacher), each resolved once (`runs.resolve`: "sft" is the newest finished dSFT run)."""
+    names = dict.fromkeys(parse_pool_member(m)[0] for m in recipe.pool)
+    return {name: runs.resolve(name, recipe.scale, recipe.preset, recipe.world_seed)
+            for name in names if name not in registry.names("sampler")}
+
+
 def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, progress: bool = True) -> None:
     """Sample each pool member's answers to the prompts assigned to it, appending batch by batch. A batch
     with any completion missing is sampled again whole (same prompts, same seed) and only its missing
@@ -172,7 +179,7 @@ def collect_completions(prompts: list[dict], recipe: AIFRecipe, log: JsonlLog, p
         if name in registry.names("sampler"):
             sampler = registry.lookup("sampler", name)(recipe)
         else:
-            sampler = Sampler(resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed),
+            sampler = Sampler(runs.resolve(name, recipe.scale, recipe.preset, recipe.world_seed),
                               recipe.generation_backend, recipe.batch_size, recipe.dtype)
         bar = progress_bar(total=sum(len(chunk) for _, chunk in todo), desc=f"sampling {member}", progress=progress)
         try:
@@ -297,14 +304,18 @@ def binarize(prompts: list[dict], completions: dict[tuple[str, str], dict], scor
     return pairs, counts
 
 
-def run_aif(recipe: AIFRecipe, judge: Judge | None = None, progress: bool = True, test_share: float = 0.1) -> Path:
+def run_aif(recipe: AIFRecipe, judge: Judge | None = None, progress: bool = True, test_share: float = 0.1,
+            run_name: str = "aif") -> Path:
     """Collect, rate and binarize; returns the output directory. Rerun it after a kill or a judge
-    failure: it finishes or repairs the work on disk (see the module's docstring)."""
-    out = stage_dir(recipe, "aif")
+    failure: it finishes or repairs the work on disk (see the module's docstring). Later stages find the
+    run by `run_name` (see `runs.find`)."""
+    out = runs.stage_dir(recipe, run_name)
     prompts = load_prompts(recipe)
     if not recipe.pool:
         raise ValueError("the AIF recipe has an empty pool: list the models that answer, e.g. ['sft@0.7', 'sft@1.2']")
+    models = pool_models(recipe)  # a member not trained yet fails here, before any sampling
     check_sampling_settings(out, recipe)
+    runs.begin(out)
     completions = JsonlLog(out / "completions.jsonl", ("prompt_id", "model"))
     collect_completions(prompts, recipe, completions, progress)
     ratings = JsonlLog(out / "ratings.jsonl", RATING_KEY)
@@ -336,7 +347,10 @@ def run_aif(recipe: AIFRecipe, judge: Judge | None = None, progress: bool = True
     counts.update(train_pairs=is_test.count(False), test_pairs=is_test.count(True), status="complete" if not missing else "partial",
                   missing=missing[:100], missing_not_listed=max(0, len(missing) - 100))
     write_text_atomic(out / "summary.json", json.dumps(counts, indent=2))
-    write_run_info(out, recipe, [])
+    runs.write_run_info(out, recipe, [])
+    runs.write_manifest(out, "aif", recipe, {"prompts": recipe.prompts, **{f"pool:{n}": p for n, p in models.items()}},
+                        {"train": "preferences/train.jsonl", "test": "preferences/test.jsonl", "summary": "summary.json"},
+                        run_name)
     return out
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import alpacaeval, mt_bench, open_llm_leaderboard
-from .config import BENCHMARKS, load_recipe, stage_dir, write_run_info
+from . import alpacaeval, mt_bench, open_llm_leaderboard, runs
+from .config import BENCHMARKS, load_recipe
 from .generation import Sampler, vllm_available
 from .judges import EndpointJudge, make_judge
-from .models import resolve_model_path
 
 MT_BENCH_QUESTIONS = 80  # documented size of MT-Bench; a local question file is counted instead
 
@@ -78,16 +77,20 @@ def count_questions(source: str) -> int:
 
 
 def model_paths(recipe, planning: bool = False) -> dict[str, str]:
-    """Each of `recipe.models` as a path or Hub id. When `planning`, a model not trained yet is given as
-    the directory its stage will write, instead of an error."""
+    """Each of `recipe.models` as a path or Hub id (`runs.resolve`). When `planning`, a model whose run has
+    not finished yet is given as what its stage will make instead of an error: the directory it writes by
+    default, or for "base" the model the dSFT recipe starts from."""
     out = {}
     for name in recipe.models:
         try:
-            out[name] = resolve_model_path(name, recipe.scale)
-        except ValueError:
-            if not planning or name not in ("sft", "dpo"):
+            out[name] = runs.resolve(name, recipe.scale, recipe.preset, recipe.world_seed)
+        except runs.RunNotFoundError:
+            if not planning:
                 raise
-            out[name] = str(stage_dir(load_recipe(name, recipe.scale), name))
+            if name == "base":
+                out[name] = load_recipe("sft", recipe.scale, preset=recipe.preset).model_name_or_path
+            else:
+                out[name] = str(runs.scale_dir(recipe.scale, recipe.preset) / name)
     return out
 
 
@@ -158,11 +161,12 @@ def describe_plan(recipe) -> str:
     return "\n".join(lines)
 
 
-def run_benchmarks(recipe) -> Path:
+def run_benchmarks(recipe, run_name: str = "eval") -> Path:
     """Run the recipe's benchmarks on each of its models and write results.json and results.md."""
     check_benchmarks(recipe.benchmarks)
-    out = stage_dir(recipe, "eval")
+    out = runs.stage_dir(recipe, run_name)
     paths = model_paths(recipe)
+    runs.begin(out)
     results = {"scale": recipe.scale, "benchmarks": recipe.benchmarks, "models": {n: {"path": p} for n, p in paths.items()}}
 
     # Table 2 first: each lm-eval task is its own process and frees the GPU before this process loads a model.
@@ -215,7 +219,9 @@ def run_benchmarks(recipe) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(results_table(results))
-    write_run_info(out, recipe, [])
+    runs.write_run_info(out, recipe, [])
+    runs.write_manifest(out, "eval", recipe, paths, {"results": "results.json", "table": "results.md"},
+                        run_name)
     return out
 
 

@@ -5,6 +5,7 @@
     zephyr dpo --scale full                            # full scale: under `accelerate launch`, DeepSpeed ZeRO-3
     zephyr dpo --scale full --dry-run                  # print that launch command, run nothing
     zephyr sft --scale demo --preset 24gb              # one GPU of 24 GB+: Mistral-7B with QLoRA
+    zephyr sft --set output_dir=/data/sft              # the next stages find it there (runs/<scale>/latest.json)
 
 A recipe whose `launcher` is an accelerate config name (deepspeed_zero3, fsdp, multi_gpu) runs under
 `accelerate launch --config_file <shipped config> --num_processes N`, which starts N copies of this
@@ -82,7 +83,7 @@ def accelerate_config(name: str) -> Path:
 
 
 def launch_command(stage: str, scale: str, launcher: str | None, num_processes: int, recipe_file: str | None = None,
-                   sets: list[str] = (), cpu: bool = False) -> list[str]:
+                   sets: list[str] = (), cpu: bool = False, run_name: str | None = None) -> list[str]:
     """`accelerate launch ... -m zephyr_utils.cli <stage> --in-process ...` as an argument list.
     `launcher=None` uses accelerate's defaults; `cpu=True` gives DDP over gloo on the CPU."""
     command = ["accelerate", "launch"]
@@ -98,13 +99,16 @@ def launch_command(stage: str, scale: str, launcher: str | None, num_processes: 
         command += ["--recipe", str(recipe_file)]
     for pair in sets:
         command += ["--set", pair]
+    if run_name:
+        command += ["--run-name", run_name]
     return command
 
 
-def run_in_process(stage: str, recipe) -> Path:
-    """Run one stage of the recipe in this process; returns its output directory."""
+def run_in_process(stage: str, recipe, run_name: str | None = None) -> Path:
+    """Run one stage of the recipe in this process; returns its output directory. `run_name` (default: the
+    stage) is the name later stages find the run by (`runs.find`)."""
     run = {"sft": train_sft, "aif": run_aif, "dpo": train_dpo, "eval": run_eval}[stage]
-    return run(recipe)
+    return run(recipe, run_name=run_name or stage)
 
 
 def default_num_processes(recipe) -> int:
@@ -133,9 +137,9 @@ def cmd_stage(args) -> None:
         if args.dry_run:
             print(f"{args.command} would run in this process (launcher: in-process)")
             return
-        print(f"{args.command} output: {run_in_process(args.command, recipe)}")
+        print(f"{args.command} output: {run_in_process(args.command, recipe, args.run_name)}")
         return
-    command = launch_command(args.command, recipe.scale, launcher, n, args.recipe, args.set)
+    command = launch_command(args.command, recipe.scale, launcher, n, args.recipe, args.set, run_name=args.run_name)
     print(shlex.join(command), flush=True)
     if not args.dry_run:
         raise SystemExit(subprocess.call([accelerate_executable()] + command[1:]))
@@ -147,10 +151,11 @@ def accelerate_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("accelerate") or "accelerate")
 
 
-def run_stage(stage: str, scale: str, *sets: str, recipe_file: str | None = None) -> None:
+def run_stage(stage: str, scale: str, *sets: str, recipe_file: str | None = None, run_name: str | None = None) -> None:
     """Run `zephyr <stage>` as a subprocess and stream its output (how notebooks launch full-scale stages)."""
     command = [sys.executable, "-m", "zephyr_utils.cli", stage, "--scale", scale]
     command += ["--recipe", recipe_file] if recipe_file else []
+    command += ["--run-name", run_name] if run_name else []
     for pair in sets:
         command += ["--set", pair]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
@@ -186,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--launcher", choices=("in-process",) + LAUNCHERS, help="override the recipe's launcher")
         p.add_argument("--num-processes", type=int,
                        help="processes to launch (default: the GPUs here, else the recipe's); the global batch stays the same")
+        p.add_argument("--run-name", help=f"the name the next stages find this run by (default: {stage}); give an "
+                       f"experiment its own, so that `{stage}` still means the main run")
         p.add_argument("--dry-run", action="store_true", help="print the launch command and exit")
         p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
         p.set_defaults(func=cmd_stage)

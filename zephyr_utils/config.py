@@ -424,25 +424,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "zephyr_book")
 
 
-def display_path(path: str | os.PathLike) -> str:
-    """A path as the book prints it: under the runs directory, as "runs/<the rest>" (e.g. runs/tiny/sft),
-    so no page shows the directories of the machine that built it; any other path as it is."""
-    path = Path(path)
-    try:
-        return str(Path("runs") / path.resolve().relative_to(runs_root().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def stage_dir(recipe: Recipe, stage: str) -> Path:
-    """Where a stage writes its outputs: the recipe's `output_dir`, else runs/<scale>/<stage>
-    (runs/<scale>-<preset>/<stage> for a preset, so presets never resume each other's checkpoints)."""
-    if recipe.output_dir:
-        return Path(recipe.output_dir)
-    preset = getattr(recipe, "preset", "")
-    return runs_root() / (f"{recipe.scale}-{preset}" if preset else recipe.scale) / stage
-
-
 def batch_plan(global_batch_size: int, max_per_device: int, processes: int) -> tuple[int, int]:
     """(per-device batch, gradient accumulation steps) giving `global_batch_size` sequences per optimizer
     step on `processes` processes, with at most `max_per_device` sequences on a device at once:
@@ -479,27 +460,3 @@ def describe_batch(recipe: TrainRecipe, processes: int) -> str:
     per_device, accumulation = train_batch(recipe, processes)
     return (f"global batch {per_device * accumulation * processes} = {per_device} per device x {accumulation} "
             f"accumulation step{'s' if accumulation != 1 else ''} x {processes} process{'es' if processes != 1 else ''}")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries a run depends on (saved beside every stage's outputs)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("zephyr-utils", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def write_run_info(output_dir: str | os.PathLike, recipe: Recipe, log_history: list[dict], **extra) -> None:
-    """Save the resolved recipe, library versions and the trainer's log history beside a stage's outputs."""
-    import json
-
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    (output_dir / "versions.json").write_text(json.dumps({**library_versions(), **extra}, indent=2))
-    (output_dir / "log_history.json").write_text(json.dumps(log_history, indent=1))

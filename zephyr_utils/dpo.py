@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import DPORecipe, load_recipe, stage_dir
+from . import runs
+from .config import DPORecipe
 from .data import load_preference_data
-from .models import load_model, load_tokenizer, lora_config, resolve_model_path
+from .models import load_model, load_tokenizer, lora_config
 from .progress import report_evaluations
 from .train import run_trainer, save_outputs, subsample, training_args
 
@@ -105,13 +106,6 @@ def trl_loss_on_batch(policy, reference, tokenizer, rows: list[dict], recipe: DP
         return trainer.compute_loss(trainer.model, next(iter(trainer.get_eval_dataloader()))).item()
 
 
-def resolve_dataset(name: str, scale: str, preset: str | None = None) -> str:
-    """"aif" means this scale's AIF output; anything else is a Hub id or a local path."""
-    if name == "aif":
-        return str(stage_dir(load_recipe("aif", scale, preset=preset), "aif"))
-    return name
-
-
 def dpo_config(recipe: DPORecipe, output_dir: str | Path):
     from trl import DPOConfig
 
@@ -120,16 +114,18 @@ def dpo_config(recipe: DPORecipe, output_dir: str | Path):
 
 
 @trl_checkpointing_warning_filtered()
-def train_dpo(recipe: DPORecipe, callbacks: list | None = None) -> Path:
-    """Preference-tune `recipe.model_name_or_path` (the dSFT model) on `recipe.dataset`."""
+def train_dpo(recipe: DPORecipe, callbacks: list | None = None, run_name: str = "dpo") -> Path:
+    """Preference-tune `recipe.model_name_or_path` (the dSFT model) on `recipe.dataset` (the AIF pairs);
+    returns the output directory. Later stages find the run by `run_name` (see `runs.find`)."""
     from trl import DPOTrainer
 
-    output_dir = stage_dir(recipe, "dpo")
-    start_path = resolve_model_path(recipe.model_name_or_path, recipe.scale, recipe.preset, recipe.world_seed)
-    source = resolve_dataset(recipe.dataset, recipe.scale, recipe.preset)
+    output_dir = runs.stage_dir(recipe, run_name)
+    start_path = runs.resolve(recipe.model_name_or_path, recipe.scale, recipe.preset, recipe.world_seed)
+    source = runs.resolve(recipe.dataset, recipe.scale, recipe.preset, recipe.world_seed)
     train = subsample(load_preference_data(source, recipe.train_split), recipe.max_train_samples, recipe.seed)
     evaluation = subsample(load_preference_data(source, recipe.eval_split), recipe.max_eval_samples, recipe.seed)
     tokenizer = load_tokenizer(start_path)
+    runs.begin(output_dir)  # an earlier run's manifest goes: the directory holds a run in progress
     args = dpo_config(recipe, output_dir)  # before the models: under ZeRO-3 each process then loads 1/N of each
     peft = lora_config(recipe)  # LoRA: the reference is the policy with its adapter disabled, not a second copy
     trainer = DPOTrainer(
@@ -145,5 +141,5 @@ def train_dpo(recipe: DPORecipe, callbacks: list | None = None) -> Path:
     report_evaluations(trainer, {"loss": "train loss", "eval_loss": "held-out loss",
                                  "eval_rewards/accuracies": "held-out accuracy", "eval_rewards/margins": "held-out margin"})
     run_trainer(trainer, output_dir)
-    save_outputs(trainer, tokenizer, output_dir, recipe, start_path, start_model=start_path, dataset=source)
+    save_outputs(trainer, tokenizer, output_dir, recipe, "dpo", {"model": start_path, "dataset": source}, run_name)
     return output_dir

@@ -12,23 +12,20 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from . import registry
+from . import registry, runs
 from .benchmarks import run_benchmarks
 from .chat import follows_template
-from .config import runs_root, stage_dir, write_run_info
 from .generation import Completion, Sampler, generate
 from .judges import check_failure_share, make_judge
-from .models import resolve_model_path
 
 
 def save_results(chapter: str, scale: str, preset: str = "", **results) -> None:
     """What a chapter measured, as runs/<scale>[-<preset>]/book/<chapter>.json: the file the tests read
     (not the printed prose), and a record a reader can compare across runs."""
-    path = runs_root() / (f"{scale}-{preset}" if preset else scale) / "book" / f"{chapter}.json"
+    path = runs.scale_dir(scale, preset) / "book" / f"{chapter}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
 
@@ -91,7 +88,7 @@ def answer_model(recipe, name: str, prompts: list[dict], progress: bool = True) 
     """Model `name`'s answers to every turn (a Hub id, a path, or "base"/"sft"/"dpo" of the recipe's
     scale and preset), generated as the eval recipe says: its backend (vLLM on a GPU when installed),
     dtype, batch size, length and temperature. The model is freed before this returns."""
-    path = resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed)
+    path = runs.resolve(name, recipe.scale, recipe.preset, recipe.world_seed)
     with Sampler(path, recipe.generation_backend, recipe.batch_size, recipe.dtype) as sampler:
         return sample_turns(sampler, prompts, recipe.max_new_tokens, recipe.temperature, progress)
 
@@ -453,20 +450,23 @@ def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = N
     return results, answers
 
 
-def run_eval(recipe):
+def run_eval(recipe, run_name: str = "eval"):
     """`zephyr eval`: answer the eval prompts with each of `recipe.models`, grade every turn, compare the
     last model with the one before it (score difference and pairwise), and write `results.json` in
     runs/<scale>/eval/. A recipe with `benchmarks` (demo/full) runs those instead: see
     `benchmarks.run_benchmarks`."""
     if recipe.benchmarks:
-        return run_benchmarks(recipe)
+        return run_benchmarks(recipe, run_name)
 
-    out = stage_dir(recipe, "eval")
-    models = {name: name if name.startswith(CONSTANT) else resolve_model_path(name, recipe.scale, recipe.preset, recipe.world_seed)
+    out = runs.stage_dir(recipe, run_name)
+    models = {name: name if name.startswith(CONSTANT) else runs.resolve(name, recipe.scale, recipe.preset, recipe.world_seed)
               for name in recipe.models}
+    runs.begin(out)
     compare = (recipe.models[-1], recipe.models[-2]) if len(recipe.models) >= 2 else None
     results, _ = evaluate(recipe, models, compare)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    write_run_info(out, recipe, [])
+    runs.write_run_info(out, recipe, [])
+    runs.write_manifest(out, "eval", recipe, {n: p for n, p in models.items() if not n.startswith(CONSTANT)},
+                        {"results": "results.json"}, run_name)
     return out

@@ -1,8 +1,7 @@
 """Loading a model and tokenizer for training, per scale: dtype, attention, LoRA / QLoRA.
 
-A recipe's `model_name_or_path` is a Hub id, a local directory, or a name: a base model registered by
-name (`registry`; "tiny": the toy base model, built on first use), "base" (the scale's base model),
-"sft" or "dpo" (this scale's outputs).
+The functions here take a path or Hub id; `runs.resolve` turns a recipe's `model_name_or_path` (a name
+such as "tiny", "base", "sft" or "dpo", a local directory or a Hub id) into one.
 """
 
 from __future__ import annotations
@@ -12,25 +11,9 @@ from pathlib import Path
 
 import torch
 
-from . import registry
 from .chat import apply_zephyr_template
-from .config import TrainRecipe, load_recipe, stage_dir
+from .config import TrainRecipe
 from .device import keep_freed_memory, resolve_dtype
-
-
-def resolve_model_path(name: str, scale: str, preset: str | None = None, world_seed: int = 0) -> str:
-    """A path or Hub id that `from_pretrained` accepts (`preset`: see `config.resolve_preset`; a registered
-    base model such as "tiny" is built for toy world `world_seed`)."""
-    if name in registry.names("base_model"):  # e.g. "tiny", built by the toy plug-in on first use
-        return str(registry.lookup("base_model", name)(world_seed=world_seed))
-    if name == "base":  # the scale's base model: what dSFT starts from
-        return resolve_model_path(load_recipe("sft", scale, preset=preset).model_name_or_path, scale, preset, world_seed)
-    if name in ("sft", "dpo"):
-        path = stage_dir(load_recipe(name, scale, preset=preset), name)
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model {name!r} at {scale} scale is not trained yet: {path} has no config.json; run the {name} stage first")
-        return str(path)
-    return name
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

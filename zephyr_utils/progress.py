@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .config import display_path
+from .runs import display_path
 
 ENV = "ZEPHYR_PROGRESS"
 OFF = ("0", "false", "no", "off")

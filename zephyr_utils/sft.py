@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import progress
-from .config import SFTRecipe, stage_dir
+from . import progress, runs
+from .config import SFTRecipe
 from .data import load_sft_data
-from .models import load_model, load_tokenizer, lora_config, resolve_model_path
+from .models import load_model, load_tokenizer, lora_config
 from .train import run_trainer, save_outputs, subsample, training_args
 
 
@@ -23,15 +23,18 @@ def sft_config(recipe: SFTRecipe, output_dir: str | Path):
                      assistant_only_loss=recipe.assistant_only_loss)
 
 
-def train_sft(recipe: SFTRecipe, callbacks: list | None = None) -> Path:
-    """Fine-tune `recipe.model_name_or_path` on `recipe.dataset`; returns the output directory."""
+def train_sft(recipe: SFTRecipe, callbacks: list | None = None, run_name: str = "sft") -> Path:
+    """Fine-tune `recipe.model_name_or_path` on `recipe.dataset`; returns the output directory. Later
+    stages find the run by `run_name` (see `runs.find`)."""
     from trl import SFTTrainer
 
-    output_dir = stage_dir(recipe, "sft")
-    base_path = resolve_model_path(recipe.model_name_or_path, recipe.scale, recipe.preset, recipe.world_seed)
-    train = subsample(load_sft_data(recipe.dataset, recipe.train_split, recipe.world_seed), recipe.max_train_samples, recipe.seed)
-    evaluation = subsample(load_sft_data(recipe.dataset, recipe.eval_split, recipe.world_seed), recipe.max_eval_samples, recipe.seed)
+    output_dir = runs.stage_dir(recipe, run_name)
+    base_path = runs.resolve(recipe.model_name_or_path, recipe.scale, recipe.preset, recipe.world_seed)
+    source = runs.resolve(recipe.dataset, recipe.scale, recipe.preset, recipe.world_seed)
+    train = subsample(load_sft_data(source, recipe.train_split, recipe.world_seed), recipe.max_train_samples, recipe.seed)
+    evaluation = subsample(load_sft_data(source, recipe.eval_split, recipe.world_seed), recipe.max_eval_samples, recipe.seed)
     tokenizer = load_tokenizer(base_path)
+    runs.begin(output_dir)  # an earlier run's manifest goes: the directory holds a run in progress
     args = sft_config(recipe, output_dir)  # before the model: under ZeRO-3 each process then loads only its shard
     trainer = SFTTrainer(
         model=load_model(base_path, recipe),
@@ -44,5 +47,5 @@ def train_sft(recipe: SFTRecipe, callbacks: list | None = None) -> Path:
     )
     progress.report_evaluations(trainer, {"loss": "train loss", "eval_loss": "held-out loss"})
     run_trainer(trainer, output_dir)
-    save_outputs(trainer, tokenizer, output_dir, recipe, base_path, base_model=base_path)
+    save_outputs(trainer, tokenizer, output_dir, recipe, "sft", {"model": base_path, "dataset": source}, run_name)
     return output_dir

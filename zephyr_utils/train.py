@@ -2,7 +2,7 @@
 
     args = training_args(recipe, output_dir)     # keyword arguments of SFTConfig and DPOConfig alike
     run_trainer(trainer, output_dir)             # trainer.train(), resumed from the last complete checkpoint
-    save_outputs(trainer, tokenizer, output_dir, recipe, base_path)   # model, tokenizer, recipe, logs
+    save_outputs(trainer, tokenizer, output_dir, recipe, "sft", {"model": base_path, "dataset": data})   # + manifest
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 
 from . import progress
-from .config import display_path, train_batch, write_run_info
+from .config import train_batch
 from .device import resolve_dtype
 from .models import lora_config, merge_lora
+from .runs import display_path, write_manifest, write_run_info
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,10 @@ def run_trainer(trainer, output_dir: Path) -> None:
         log.removeFilter(quiet)
 
 
-def save_outputs(trainer, tokenizer, output_dir: Path, recipe, base_path: str, **info) -> None:
-    """Save the trained model (LoRA merged in), its tokenizer, the recipe, versions and logs.
+def save_outputs(trainer, tokenizer, output_dir: Path, recipe, stage: str, inputs: dict[str, str],
+                 run_name: str | None = None) -> None:
+    """Save the trained model (LoRA merged in), its tokenizer, the recipe, versions and logs, then the run's
+    manifest (`runs.write_manifest`; `inputs["model"]` is the model training started from).
 
     Under `accelerate launch` every process gets here; the trainer gathers sharded weights and only the
     main process writes."""
@@ -135,9 +138,10 @@ def save_outputs(trainer, tokenizer, output_dir: Path, recipe, base_path: str, *
     generation.eos_token_id, generation.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     if lora_config(recipe):
         if trainer.is_world_process_zero():
-            merge_lora(trainer, base_path, recipe).save_pretrained(output_dir, safe_serialization=True)
+            merge_lora(trainer, inputs["model"], recipe).save_pretrained(output_dir, safe_serialization=True)
     else:
         trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
-        write_run_info(output_dir, recipe, trainer.state.log_history, **info)
+        write_run_info(output_dir, recipe, trainer.state.log_history)
+        write_manifest(output_dir, stage, recipe, inputs, {"model": ".", "log_history": "log_history.json"}, run_name)

@@ -25,6 +25,7 @@ from ..chat import ROLE_MARKERS
 from ..config import BaseRecipe, cache_dir, load_recipe, recipe_to_dict
 from ..device import keep_freed_memory
 from ..progress import bar as progress_bar
+from ..runs import write_manifest
 from .world import ToyWorld
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -182,6 +183,7 @@ def build_tiny_base(recipe: BaseRecipe | None = None, root: str | os.PathLike | 
         "build_seconds": time.perf_counter() - start,
     }
     (tmp / "zephyr_base.json").write_text(json.dumps(info))
+    write_manifest(tmp, "base", recipe, {}, {"model": ".", "build": "zephyr_base.json"})  # a finished build
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

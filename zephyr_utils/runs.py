@@ -233,9 +233,10 @@ def check_current(run_dir: str | os.PathLike, world_seed: int | None = None) -> 
                             f"{world_seed}: run `{rerun} --set world_seed={world_seed}`, or set world_seed: "
                             f"{manifest['world_seed']}")
     for role, recorded in manifest.get("inputs", {}).items():
-        if recorded.get("digest") is None or run_of(recorded["path"]) is None:
+        current = manifest_digest(recorded["path"])  # None: the input is not a run (a Hub id, a deleted run)
+        if recorded.get("digest") is None or current is None:
             continue
-        if manifest_digest(recorded["path"]) != recorded["digest"]:
+        if current != recorded["digest"]:
             raise StaleRunError(f"{where} is stale: its {role} input {display_path(recorded['path'])} has changed since "
                                 f"it was made (its {MANIFEST} is not the one {where}/{MANIFEST} recorded); rerun "
                                 f"`{rerun}` to make it from the current one")

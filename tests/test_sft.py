@@ -90,8 +90,10 @@ def test_sft_saves_model_tokenizer_recipe_and_versions(tiny_sft):
     assert losses[-1] < losses[0] / 3
 
 
-def test_sft_writes_its_manifest_with_the_base_model_it_started_from(tiny_sft, tiny_base_path):
+def test_sft_writes_its_manifest_with_the_base_model_it_started_from(tiny_sft, tiny_base_path, monkeypatch):
     from zephyr_utils.runs import find, manifest_digest, resolve
+
+    monkeypatch.setenv("ZEPHYR_RUNS", str(tiny_sft.parents[1]))  # the book build's runs, where chapter 1 trained it
 
     manifest = json.loads((tiny_sft / "manifest.json").read_text())
     assert (manifest["stage"], manifest["scale"], manifest["world_seed"]) == ("sft", "tiny", 0)

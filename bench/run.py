@@ -87,7 +87,7 @@ SFT_VARIANTS = {  # name: (recipe overrides, steps)
     "random batches (no length grouping)": ({"train_sampling_strategy": "random"}, 60),
     MALLOC_DEFAULTS: ({}, 60),
     "AdamW not fused": ({"optim": "adamw_torch"}, 60),
-    TRL_DEFAULTS: ({"bf16": True, "gradient_checkpointing": True}, 10),
+    TRL_DEFAULTS: ({"bf16": True, "activation_checkpointing": True}, 10),
     "packing: wrapped": ({"packing": True, "packing_strategy": "wrapped"}, 40),
     "packing: bfd": ({"packing": True, "packing_strategy": "bfd"}, 20),
     "assistant-only loss off": ({"assistant_only_loss": False}, 60),
@@ -147,7 +147,7 @@ def sft_variant(name: str, work: str) -> None:
     base = random_base(Path(work).parent, name) if name in OTHER_BASES else str(build_tiny_base(progress=False))
     n = non_embedding_params(base)
     recipe = load_recipe("sft", "tiny", model_name_or_path=base, output_dir=work, max_steps=steps,
-                         logging_steps=PROBE_EVERY, save_steps=10**6, eval_steps=10**6, **overrides)
+                         logging_steps=PROBE_EVERY, save_steps=10**6, eval_strategy="no", **overrides)
     probe = GemmProbe()
     history = json.loads((train_sft(recipe, callbacks=[probe]) / "log_history.json").read_text())
     num_tokens = [h["num_tokens"] for h in sorted(history, key=lambda h: h["step"]) if "num_tokens" in h]
@@ -182,7 +182,7 @@ def bench_sft(work: Path) -> dict:
 
 DPO_VARIANTS = {
     "explicit reference copy": {},
-    "LoRA, adapter-disabled reference": {"use_lora": True, "lora_r": 16, "lora_alpha": 16},
+    "LoRA, adapter-disabled reference": {"use_peft": True, "lora_r": 16, "lora_alpha": 16},
     "precomputed reference log-probs": {"precompute_ref_log_probs": True},
 }
 

@@ -10,8 +10,8 @@ from zephyr_utils.cli import LAUNCHERS, accelerate_config, accelerate_executable
 
 
 def test_parse_sets_reads_yaml_values():
-    assert parse_sets(["learning_rate=1e-4", "use_lora=true", "pool=[a@1, b]", "name=x=y"]) == {
-        "learning_rate": "1e-4", "use_lora": True, "pool": ["a@1", "b"], "name": "x=y"}
+    assert parse_sets(["learning_rate=1e-4", "use_peft=true", "pool=[a@1, b]", "name=x=y"]) == {
+        "learning_rate": "1e-4", "use_peft": True, "pool": ["a@1", "b"], "name": "x=y"}
     with pytest.raises(SystemExit):
         parse_sets(["novalue"])
 

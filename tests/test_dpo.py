@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from zephyr_utils.config import SCALES, load_recipe
-from zephyr_utils.dpo import dpo_config, dpo_loss
+from zephyr_utils.dpo import dpo_loss
+from zephyr_utils.train import training_args
 
 
 def test_dpo_loss_by_hand():
@@ -16,11 +17,15 @@ def test_dpo_loss_by_hand():
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_trl_accepts_the_dpo_config_of_every_shipped_recipe(scale, tmp_path):
-    """DPOConfig validates what `dpo_config` builds from each shipped recipe. Checked: what is not copied
-    straight across (the loss type becomes TRL's list of losses; a global batch is made on one process)."""
+def test_every_shipped_dpo_recipe_is_trls_own_config(scale, tmp_path):
+    """A recipe is parsed into TRL's DPOConfig: the loss type is TRL's list of losses (`--set loss_type=ipo`
+    makes a list of one), and a global batch is made on one process."""
+    from trl import DPOConfig
+
     recipe = load_recipe("dpo", scale)
-    config = dpo_config(recipe, tmp_path)
+    assert isinstance(recipe.args, DPOConfig)
+    assert load_recipe("dpo", scale, loss_type="ipo").args.loss_type == ["ipo"]
+    config = training_args(recipe, tmp_path)
     assert [str(getattr(t, "value", t)) for t in config.loss_type] == ["sigmoid"]
     if recipe.global_batch_size:  # this test runs as one process
         assert config.per_device_train_batch_size * config.gradient_accumulation_steps == recipe.global_batch_size
@@ -118,7 +123,7 @@ def test_lora_dpo_uses_the_adapter_disabled_reference_and_saves_a_merged_model(t
     real_load = dpo.load_model
     monkeypatch.setattr(dpo, "load_model", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
     recipe = load_recipe("dpo", "tiny", model_name_or_path=str(tiny_base_path), dataset=str(tmp_path / "prefs"),
-                         output_dir=str(tmp_path / "out"), use_lora=True, lora_r=4, lora_alpha=8, max_steps=3,
+                         output_dir=str(tmp_path / "out"), use_peft=True, lora_r=4, lora_alpha=8, max_steps=3,
                          per_device_train_batch_size=4, learning_rate=1e-3, lora_target_modules=["q_proj", "v_proj"],
                          logging_steps=1)
     out = dpo.train_dpo(recipe)

@@ -201,18 +201,23 @@ def test_cpu_inference_is_unchanged_fp32_on_the_cpu(tmp_path, tokenizer_dirs):
 
 @pytest.mark.parametrize("capability, bf16, fp16", [((7, 5), False, True), ((8, 0), True, False), (None, False, False)])
 def test_training_precision_follows_the_policy(monkeypatch, tmp_path, capability, bf16, fp16):
-    """The demo recipes say `dtype: auto`: fp16 autocast on a T4, bf16 on an A100, none on a CPU."""
-    from zephyr_utils.train import training_args
+    """The demo recipes say `dtype: auto` and leave bf16/fp16 to the machine: fp16 autocast on a T4, bf16 on
+    an A100, none on a CPU. (`machine_settings` is what load_recipe adds; a real GPU is needed to build the
+    config itself.)"""
+    from zephyr_utils.config import machine_settings
 
     if capability:
         patch_gpu(monkeypatch, capability)
     else:
         patch_cpu(monkeypatch)
+    on_cpu = capability is None
     for stage in ("sft", "dpo"):
-        args = training_args(load_recipe(stage, "demo"), tmp_path)
-        assert (args["bf16"], args["fp16"], args["use_cpu"]) == (bf16, fp16, capability is None)
-    args = training_args(load_recipe("sft", "tiny"), tmp_path)
-    assert args["bf16"] is False and args["fp16"] is False  # tiny is fp32 wherever it runs
+        recipe = load_recipe(stage, "demo", cpu=True)
+        settings = machine_settings(recipe.given, recipe.script, recipe.dtype, 1, on_cpu)
+        assert (settings["bf16"], settings["fp16"], settings.get("use_cpu", False)) == (bf16, fp16, on_cpu)
+    tiny = load_recipe("sft", "tiny", cpu=True)
+    settings = machine_settings(tiny.given, tiny.script, tiny.dtype, 1, on_cpu)
+    assert tiny.given["bf16"] is False and "bf16" not in settings  # tiny is fp32 wherever it runs: the recipe says so
 
 
 def test_training_load_uses_the_policy_dtype_and_no_device_map(monkeypatch):
@@ -222,7 +227,7 @@ def test_training_load_uses_the_policy_dtype_and_no_device_map(monkeypatch):
     patch_gpu(monkeypatch, (7, 5))
     loads = []
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda path, **kwargs: loads.append(kwargs))
-    models.load_model("some/base", load_recipe("sft", "demo"))
+    models.load_model("some/base", load_recipe("sft", "demo", cpu=True))
     assert loads[0]["dtype"] == torch.float16 and "device_map" not in loads[0]
 
 
@@ -373,8 +378,9 @@ def _fake_trainer(events):
 def test_training_arguments_exist_before_any_model_loads(monkeypatch, tmp_path, tokenizer_dirs, stage):
     """Finding 4: `model=load_model(...)` was evaluated before `args=sft_config(...)`, so under ZeRO-3
     every process loaded the whole model (dDPO: two copies) in CPU memory before DeepSpeed existed.
-    The DeepSpeed config is made when the arguments are, so they must come first; for full-scale dDPO
-    that covers the explicit reference too."""
+    The DeepSpeed config is made when the arguments are: the recipe builds them when it loads, and the
+    stage takes its copy (`training_args`) before any model loads; for full-scale dDPO that covers the
+    explicit reference too."""
     import trl
 
     from zephyr_utils import dpo, sft
@@ -382,9 +388,8 @@ def test_training_arguments_exist_before_any_model_loads(monkeypatch, tmp_path, 
 
     events = []
     module = sft if stage == "sft" else dpo
-    make_args = module.sft_config if stage == "sft" else module.dpo_config
-    monkeypatch.setattr(module, "sft_config" if stage == "sft" else "dpo_config",
-                        lambda *a, **k: events.append("args") or make_args(*a, **k))
+    make_args = module.training_args
+    monkeypatch.setattr(module, "training_args", lambda *a, **k: events.append("args") or make_args(*a, **k))
     monkeypatch.setattr(module, "load_model", lambda *a, **k: events.append("model"))
     monkeypatch.setattr(trl, "SFTTrainer" if stage == "sft" else "DPOTrainer", _fake_trainer(events))
     monkeypatch.setattr(module, "save_outputs", lambda *a, **k: events.append("save"))
@@ -399,7 +404,7 @@ def test_training_arguments_exist_before_any_model_loads(monkeypatch, tmp_path, 
             write_jsonl([row, {**row, "prompt_id": "1"}], tmp_path / "prefs" / f"{split}.jsonl")
         recipe = load_recipe("dpo", "full", model_name_or_path=tokenizer_dirs["base"], dataset=str(tmp_path / "prefs"),
                              train_split="train", eval_split="test", output_dir=str(tmp_path / "out"), bf16=False,
-                             dtype="float32", attn_implementation="sdpa", gradient_checkpointing=False)
+                             dtype="float32", attn_implementation="sdpa", activation_checkpointing=False)
         dpo.train_dpo(recipe)
     models_loaded = 1 if stage == "sft" else 2  # policy, and for full fine-tuning the frozen reference
     assert events == ["args"] + ["model"] * models_loaded + ["trainer", "train", "save"]
@@ -444,6 +449,7 @@ def test_qlora_loads_on_each_processs_own_gpu(monkeypatch, local_rank, expected)
     from transformers import AutoModelForCausalLM
 
     patch_gpu(monkeypatch, (8, 9))
+    recipe = load_recipe("sft", "demo", preset="24gb", cpu=True)  # before LOCAL_RANK: a launched process has its config
     if local_rank is None:
         monkeypatch.delenv("LOCAL_RANK", raising=False)
     else:
@@ -451,7 +457,7 @@ def test_qlora_loads_on_each_processs_own_gpu(monkeypatch, local_rank, expected)
     monkeypatch.setattr(models, "quantization_config", lambda recipe: SimpleNamespace(kind="nf4"))
     loads = []
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda path, **kwargs: loads.append(kwargs))
-    models.load_model("mistralai/Mistral-7B-v0.1", load_recipe("sft", "demo", preset="24gb"))
+    models.load_model("mistralai/Mistral-7B-v0.1", recipe)
     assert loads[0]["device_map"] == expected and loads[0]["dtype"] == torch.bfloat16
     patch_cpu(monkeypatch)
     assert models.kbit_device_map() is None
@@ -465,16 +471,15 @@ FULL_BATCHES = [("sft", None, 128), ("dpo", None, 32), ("dpo", "dpo_handbook", 1
 @pytest.mark.parametrize("processes", [1, 4, 8, 16])
 @pytest.mark.parametrize("stage, recipe_name, global_batch", FULL_BATCHES)
 def test_the_papers_global_batch_holds_on_any_gpu_count(tmp_path, stage, recipe_name, global_batch, processes):
-    """The process count used to default to the GPUs present, silently changing the global batch."""
-    from zephyr_utils.train import training_args
-
+    """The process count used to default to the GPUs present, silently changing the global batch. The
+    config a process of an N-process launch builds makes the recipe's global batch with N processes."""
     recipe_file = recipe_path(recipe_name, "full") if recipe_name else None
-    recipe = load_recipe(stage, "full", recipe_file=recipe_file)
+    recipe = load_recipe(stage, "full", recipe_file=recipe_file, processes=processes)
     assert recipe.global_batch_size == global_batch
-    args = training_args(recipe, tmp_path, processes=processes)
-    per_device, accumulation = args["per_device_train_batch_size"], args["gradient_accumulation_steps"]
+    per_device, accumulation = recipe.args.per_device_train_batch_size, recipe.args.gradient_accumulation_steps
     assert per_device * accumulation * processes == global_batch
-    assert per_device <= recipe.per_device_train_batch_size  # never more than fits on one GPU
+    assert per_device <= recipe.given["per_device_train_batch_size"]  # never more than fits on one GPU
+    assert train_batch(load_recipe(stage, "full", recipe_file=recipe_file), processes) == (per_device, accumulation)
 
 
 def test_batch_plan_arithmetic_and_errors():
@@ -483,8 +488,8 @@ def test_batch_plan_arithmetic_and_errors():
     assert batch_plan(48, 16, 2) == (12, 2)  # the largest per-device batch that divides the share
     with pytest.raises(ValueError, match="global batch of 32 cannot be split evenly over 3 processes"):
         batch_plan(32, 4, 3)
-    with pytest.raises(ValueError, match="sets both global_batch_size .* and gradient_accumulation_steps"):
-        train_batch(load_recipe("dpo", "full", gradient_accumulation_steps=2), 8)
+    with pytest.raises(ValueError, match="fields 'global_batch_size' and 'gradient_accumulation_steps' are both set"):
+        load_recipe("dpo", "full", gradient_accumulation_steps=2)
     tiny = load_recipe("sft", "tiny")  # no global batch: the recipe's own fields, as before
     assert train_batch(tiny, 1) == (tiny.per_device_train_batch_size, tiny.gradient_accumulation_steps)
 
@@ -515,21 +520,22 @@ def test_a_process_count_that_cannot_make_the_global_batch_stops_before_launchin
 # ------------------------------------------------------------------------------ the one-GPU presets
 
 def test_t4_preset_is_a_small_model_in_fp16(monkeypatch, tmp_path):
-    from zephyr_utils.train import training_args
+    from zephyr_utils.config import machine_settings
 
     patch_gpu(monkeypatch, (7, 5), "Tesla T4")
-    sft = load_recipe("sft", "demo")
-    assert sft.model_name_or_path == "Qwen/Qwen2.5-0.5B" and sft.use_lora and not sft.load_in_4bit
-    assert device.resolve_dtype(sft.dtype) == "float16" and training_args(sft, tmp_path)["fp16"] is True
+    sft = load_recipe("sft", "demo", cpu=True)
+    assert sft.model_name_or_path == "Qwen/Qwen2.5-0.5B" and sft.use_peft and not sft.load_in_4bit
+    assert device.resolve_dtype(sft.dtype) == "float16"
+    assert machine_settings(sft.given, sft.script, sft.dtype, 1, cpu=False)["fp16"] is True
     for stage in ("aif", "eval"):
         assert device.resolve_dtype(load_recipe(stage, "demo").dtype) == "float16"
 
 
 def test_24gb_preset_is_mistral_7b_with_the_handbook_qlora_recipe(monkeypatch, tmp_path):
     sft, dpo = load_recipe("sft", "demo", preset="24gb"), load_recipe("dpo", "demo", preset="24gb")
-    assert sft.model_name_or_path == "mistralai/Mistral-7B-v0.1" and sft.load_in_4bit and sft.use_lora
+    assert sft.model_name_or_path == "mistralai/Mistral-7B-v0.1" and sft.load_in_4bit and sft.use_peft
     assert (sft.lora_r, sft.lora_alpha, sft.lora_dropout, sft.learning_rate) == (16, 16, 0.05, 2e-4)
-    assert (sft.global_batch_size, sft.max_length, sft.lr_scheduler_type, sft.warmup_ratio) == (8, 2048, "cosine", 0.1)
+    assert (sft.global_batch_size, sft.max_length, sft.lr_scheduler_type, sft.warmup_steps) == (8, 2048, "cosine", 0.1)
     assert (dpo.lora_r, dpo.lora_alpha, dpo.beta, dpo.learning_rate, dpo.optim) == (128, 128, 0.01, 5e-6, "paged_adamw_32bit")
     assert (dpo.global_batch_size, dpo.max_length, dpo.num_train_epochs) == (16, 1024, 1)
     assert train_batch(sft, 1) == (4, 2) and train_batch(dpo, 1) == (4, 4)  # the handbook's 4 x 2 and 4 x 4

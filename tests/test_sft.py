@@ -10,18 +10,21 @@ import pytest
 
 from zephyr_utils.config import SCALES, load_recipe
 from zephyr_utils.models import lora_config, quantization_config
-from zephyr_utils.sft import sft_config
-from zephyr_utils.train import last_checkpoint
+from zephyr_utils.train import last_checkpoint, training_args
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_trl_accepts_the_sft_config_of_every_shipped_recipe(scale, tmp_path):
-    """SFTConfig validates what `sft_config` builds from each shipped recipe (nothing is downloaded). Of the
-    values, those that are not copied straight across are checked: the warmup ratio stays a ratio of the total
-    steps, a global batch is made on one process, and the demo scale's LoRA settings."""
+def test_every_shipped_sft_recipe_is_trls_own_config(scale, tmp_path):
+    """A recipe is parsed into TRL's SFTConfig and ModelConfig (nothing is downloaded): the trainer gets that
+    config, writing to its output directory; a warmup below 1 is a share of the total steps, a global batch is
+    made on one process, and the demo scale's LoRA settings become peft's LoraConfig."""
+    from trl import ModelConfig, SFTConfig
+
     recipe = load_recipe("sft", scale)
-    config = sft_config(recipe, tmp_path)
-    assert config.get_warmup_steps(1000) == math.ceil(1000 * recipe.warmup_ratio) > 1
+    assert isinstance(recipe.args, SFTConfig) and isinstance(recipe.model, ModelConfig)
+    config = training_args(recipe, tmp_path)
+    assert config.output_dir == str(tmp_path) and config.learning_rate == recipe.given["learning_rate"]
+    assert config.get_warmup_steps(1000) == math.ceil(1000 * recipe.warmup_steps) > 1
     if recipe.global_batch_size:  # this test runs as one process
         assert config.per_device_train_batch_size * config.gradient_accumulation_steps == recipe.global_batch_size
     lora = lora_config(recipe)
@@ -40,9 +43,20 @@ def test_tiny_sft_config_turns_off_trls_cpu_traps(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     trls_defaults = SFTConfig(output_dir=str(tmp_path), use_cpu=True)
     assert trls_defaults.bf16 and trls_defaults.activation_checkpointing  # the traps exist, so this test can fail
-    config = sft_config(load_recipe("sft", "tiny"), tmp_path)
+    config = training_args(load_recipe("sft", "tiny"), tmp_path)
     assert not (config.bf16 or config.fp16 or config.activation_checkpointing or config.dataloader_pin_memory)
     assert config.use_cpu and config.train_sampling_strategy == "group_by_length"  # the padding a random batch wastes (bench/)
+
+
+def test_any_trl_field_can_be_set_by_its_own_name(tmp_path):
+    """Fields no shipped recipe mentions reach TRL's configs: the recipe mirrors nothing by hand."""
+    defaults = load_recipe("sft", "tiny")
+    recipe = load_recipe("sft", "tiny", max_grad_norm=0.25, dataset_num_proc=2, lr_scheduler_kwargs={"num_cycles": 2},
+                         use_rslora=True)
+    assert (defaults.args.max_grad_norm, defaults.args.dataset_num_proc, defaults.model.use_rslora) == (1.0, None, False)
+    config = training_args(recipe, tmp_path)
+    assert (config.max_grad_norm, config.dataset_num_proc, config.lr_scheduler_kwargs) == (0.25, 2, {"num_cycles": 2})
+    assert recipe.model.use_rslora is True
 
 
 def test_qlora_without_bitsandbytes_is_a_clear_error():

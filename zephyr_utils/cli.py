@@ -65,7 +65,7 @@ def log_to_stdout() -> None:
 
 
 def parse_sets(pairs: list[str]) -> dict:
-    """`["lr=1e-4", "use_lora=true"]` -> {"lr": 1e-4, "use_lora": True} (values parsed as YAML)."""
+    """`["lr=1e-4", "use_peft=true"]` -> {"lr": 1e-4, "use_peft": True} (values parsed as YAML)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -124,7 +124,8 @@ def default_num_processes(recipe) -> int:
 def cmd_stage(args) -> None:
     if args.preset:
         args.set = [*args.set, f"preset={args.preset}"]  # so the launched processes get it too
-    recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))
+    # Checked first as if on a CPU (`load_recipe`'s `cpu`): a process that only launches others holds no GPU.
+    recipe = load_recipe(args.command, args.scale, args.recipe, cpu=True, **parse_sets(args.set))
     if args.dry_run and getattr(recipe, "benchmarks", None):
         print(describe_plan(recipe))
         return
@@ -137,6 +138,7 @@ def cmd_stage(args) -> None:
         if args.dry_run:
             print(f"{args.command} would run in this process (launcher: in-process)")
             return
+        recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))  # for this machine
         print(f"{args.command} output: {run_in_process(args.command, recipe, args.run_name)}")
         return
     command = launch_command(args.command, recipe.scale, launcher, n, args.recipe, args.set, run_name=args.run_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import os
 import types
 import typing
@@ -19,17 +20,20 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import torch
 import yaml
+
+from .device import DTYPES, resolve_dtype
 
 SCALES = ("tiny", "demo", "full")
 SCALE_ENV = "ZEPHYR_SCALE"
 PRESET_ENV = "ZEPHYR_PRESET"
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # "auto": see device.resolve_dtype
 BACKENDS = ("auto", "vllm", "transformers")  # generation backends; "auto": vLLM on a GPU when installed
 LAUNCHERS = ("deepspeed_zero3", "fsdp", "multi_gpu")  # accelerate configs shipped in zephyr_utils/accelerate/
 BENCHMARKS = ("mt_bench", "alpaca_eval", "alpaca_eval_2", "open_llm_leaderboard")  # see zephyr_utils.benchmarks
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL's DPOConfig.loss_type
+SFT_LOSS_TYPES = ("nll", "dft")  # TRL's SFTConfig.loss_type
 
 
 class RecipeError(ValueError):
@@ -50,7 +54,9 @@ RULES: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     "dtype": _one_of(DTYPES),
     "generation_backend": _one_of(BACKENDS),
     "launcher": _one_of(("in-process",) + LAUNCHERS),
-    "loss_type": _one_of(DPO_LOSS_TYPES),
+    "loss_type": (lambda v: set([v] if isinstance(v, str) else v) <= set(DPO_LOSS_TYPES + SFT_LOSS_TYPES),
+                  f"must be one of {', '.join(SFT_LOSS_TYPES)} for dSFT, a list of {', '.join(DPO_LOSS_TYPES)} for dDPO"),
+    "warmup_steps": (lambda v: v >= 0, "must be 0 or more: a number of steps, or below 1 a share of them, e.g. 0.1"),
     "learning_rate": _above(0, "2e-5"),
     "num_train_epochs": _above(0, "1 (max_steps, when above 0, stops training sooner)"),
     "beta": _above(0, "0.1 (the paper's) or 0.01 (the handbook's)"),
@@ -110,7 +116,7 @@ class Recipe:
 
     def to_yaml(self) -> str:
         """The recipe as YAML, one field a line, in the recipe files' format (short lists on one line)."""
-        return yaml.safe_dump(recipe_to_dict(self), sort_keys=False, default_flow_style=None, width=72)
+        return _dump(recipe_to_dict(self))
 
     def _repr_pretty_(self, printer, cycle) -> None:
         """IPython and Jupyter show a recipe as its YAML, not as a one-line repr too long for a page."""
@@ -140,65 +146,78 @@ class BaseRecipe(Recipe):
 
 
 @dataclass
-class TrainRecipe(Recipe):
-    """Fields shared by the dSFT and dDPO trainers (they map onto TRL's configs)."""
+class ScriptArguments:
+    """What a dSFT or dDPO recipe holds besides TRL's two configs (`TrainRecipe`): the scale, the data, the
+    global batch and the launcher. (The alignment-handbook's ScriptArguments, with our fields.)"""
 
+    scale: str = "tiny"
     preset: str = ""  # "" for the scale's default recipes, else a folder of recipes/<scale>/ (e.g. demo's 24gb)
-    model_name_or_path: str = "tiny"  # a Hub id, a local directory, or "tiny" for the toy base model
-    dataset: str = "toyworld"  # a Hub id, a local file/directory, or "toyworld"
+    world_seed: int = 0  # tiny scale: which generated toy world (data, teacher, judge, base model)
+    dataset: str = "toyworld"  # a Hub id, a local file/directory, a run name ("aif") or "toyworld"
     train_split: str = "train"
     eval_split: str = "test"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
-    learning_rate: float = 2e-5
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.1
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 8  # with global_batch_size: the most one device takes per step
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    # Sequences per optimizer step over all processes. When set, the per-device batch and the gradient
-    # accumulation are derived from the process count (`batch_plan`), so the global batch holds on 1-16 GPUs.
+    # Sequences per optimizer step over all processes. When set, the per-device batch (at most the config's
+    # per_device_train_batch_size) and the gradient accumulation follow from the process count (`batch_plan`).
     global_batch_size: int | None = None
-    train_sampling_strategy: str = "random"  # "group_by_length": batches of similar length, less padding
-    max_length: int = 1024
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"
-    dtype: str = "float32"  # weights; "auto": bf16 on a GPU that has it, fp16 on a T4, fp32 on a CPU
-    use_lora: bool = False
-    load_in_4bit: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    optim: str = "adamw_torch"
-    weight_decay: float = 0.0
-    logging_steps: int = 10
-    eval_steps: int | None = None
-    save_strategy: str = "steps"  # "epoch": a checkpoint at the end of every epoch (the dDPO epochs finding)
-    save_steps: int = 100
-    save_total_limit: int | None = 2
-    report_to: str = "none"
     launcher: str = "in-process"  # "in-process" or an accelerate config name (deepspeed_zero3, fsdp, multi_gpu)
     num_processes: int = 1
 
 
 @dataclass
+class TrainRecipe:
+    """A dSFT or dDPO recipe: three configs parsed from one YAML file, as the alignment-handbook parses
+    `(ScriptArguments, SFTConfig, ModelConfig)` with TRL's parser. Every field of TRL's SFTConfig/DPOConfig
+    (the trainer's `args`) and ModelConfig can be set, under TRL's own name; each field also reads as an
+    attribute of the recipe wherever it lives (`recipe.learning_rate`, `recipe.dataset`, `recipe.lora_r`)."""
+
+    script: ScriptArguments
+    args: typing.Any  # trl.SFTConfig or trl.DPOConfig, for this machine and process count (`machine_settings`)
+    model: typing.Any  # trl.ModelConfig: the model to start from, its dtype, attention and LoRA / QLoRA
+    given: dict  # the fields of `args` that the recipe file and the overrides set (the rest are TRL's defaults)
+
+    config_name: typing.ClassVar[str] = ""  # the name of `args`' class in trl
+
+    @classmethod
+    def classes(cls) -> tuple[type, type, type]:
+        import trl
+
+        return ScriptArguments, getattr(trl, cls.config_name), trl.ModelConfig
+
+    @property
+    def output_dir(self) -> str:
+        """The output directory the recipe names; "" (the default) for runs/<scale>/<stage> (`runs.stage_dir`)."""
+        return self.given.get("output_dir") or ""
+
+    def __getattr__(self, name: str):
+        parts = [self.__dict__[k] for k in ("script", "args", "model") if k in self.__dict__]
+        for part in parts:
+            if name in getattr(part, "__dataclass_fields__", {}):
+                return getattr(part, name)
+        raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML: every field of ScriptArguments, and the fields of ModelConfig and of the TRL
+        config that this recipe sets, each group under a comment naming its class."""
+        model_defaults = dataclasses.asdict(type(self.model)())
+        model = {k: v for k, v in dataclasses.asdict(self.model).items() if v != model_defaults[k]}
+        groups = (("ScriptArguments (zephyr_utils.config)", dataclasses.asdict(self.script)),
+                  ("ModelConfig (trl): fields that differ from TRL's defaults", model),
+                  (f"{self.config_name} (trl): fields this recipe sets; the rest are TRL's defaults", self.given))
+        return "".join(f"# {title}\n" + _dump(values) for title, values in groups if values)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        """IPython and Jupyter show a recipe as its YAML."""
+        printer.text(self.to_yaml().rstrip())
+
+
 class SFTRecipe(TrainRecipe):
-    packing: bool = False
-    packing_strategy: str = "wrapped"
-    assistant_only_loss: bool = True
+    config_name = "SFTConfig"
 
 
-@dataclass
 class DPORecipe(TrainRecipe):
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    precompute_ref_log_probs: bool = False
+    config_name = "DPOConfig"
 
 
 @dataclass
@@ -262,9 +281,12 @@ def recipe_path(stage: str, scale: str, preset: str = "") -> Path:
 
 
 def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.PathLike | None = None,
-                preset: str | None = None, **overrides):
+                preset: str | None = None, processes: int | None = None, cpu: bool | None = None, **overrides):
     """Load and validate the recipe of `stage` at `scale` (see `resolve_scale`) and `preset` (see
-    `resolve_preset`). `recipe_file` replaces the shipped YAML; keyword `overrides` replace single fields."""
+    `resolve_preset`). `recipe_file` replaces the shipped YAML; keyword `overrides` replace single fields.
+
+    A training recipe's TRL config is built for `processes` processes (default: this run's, $WORLD_SIZE or 1)
+    and for this machine, or for a CPU when `cpu` is true (see `machine_settings`)."""
     if stage not in STAGES:
         raise RecipeError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     explicit = {"scale": scale is not None, "preset": preset is not None}
@@ -282,7 +304,8 @@ def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.Path
                           f"to change, one per line, e.g. from {recipe_path(stage, scale, preset)}")
     if not isinstance(values, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of field: value, got {type(values).__name__}")
-    fields = {f.name for f in dataclasses.fields(STAGES[stage])}  # every stage but the tiny base has a preset
+    cls = STAGES[stage]
+    fields = set(field_types(cls))  # every stage but the tiny base has a preset
     for key, value in (("scale", scale), ("preset", preset)):
         if key in fields and explicit[key] and key in values and values[key] != value:
             in_file = values[key] or "''"
@@ -291,45 +314,116 @@ def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.Path
         if key in fields and key not in values:
             values[key] = value  # saved recipe.yaml files have both; they load when they agree with what is given
     values.update(overrides)
-    return build_recipe(STAGES[stage], values, source=str(path))
+    if issubclass(cls, TrainRecipe):
+        return build_train_recipe(cls, values, str(path), processes, cpu)
+    return build_recipe(cls, values, source=str(path))
+
+
+def field_types(cls: type) -> dict[str, typing.Any]:
+    """{field: type hint} of a stage's recipe class; of all three configs for a training recipe."""
+    if issubclass(cls, TrainRecipe):
+        return {name: hint for part in cls.classes() for name, hint in field_types(part).items()}
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return {name: hint for name, hint in typing.get_type_hints(cls).items() if name in names}
+
+
+def check_values(cls: type, values: dict, source: str) -> dict:
+    """`values` with each field's name and type checked against `cls`; a RecipeError naming the first unknown
+    field or wrong type."""
+    hints = field_types(cls)
+    for key, value in values.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            owners = " or ".join(c.__name__ for c in cls.classes()) if issubclass(cls, TrainRecipe) else cls.__name__
+            raise RecipeError(f"{source}: unknown field {key!r} for {owners}{hint}")
+        values[key] = _check_type(value, hints[key], f"{source}: field {key!r}")
+    return values
 
 
 def build_recipe(cls: type[Recipe], values: dict, source: str = "<overrides>") -> Recipe:
     """Instantiate `cls` from `values`, checking each field's name and type, then its value (`validate`)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in values.items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise RecipeError(f"{source}: unknown field {key!r} for {cls.__name__}{hint}")
-        values[key] = _check_type(value, hints[key], f"{source}: field {key!r}")
-    recipe = cls(**values)
-    validate(recipe, source)
+    recipe = cls(**check_values(cls, values, source))
+    validate(recipe_to_dict(recipe), source)
     return recipe
 
 
-def validate(recipe: Recipe, source: str = "<overrides>") -> None:
-    """Raise a RecipeError for the first value in `recipe` that cannot run: out of `RULES`' range, a local
-    path that does not exist, or fp16 / 4-bit weights trained without LoRA."""
-    for name, value in recipe_to_dict(recipe).items():
+def build_train_recipe(cls: type[TrainRecipe], values: dict, source: str = "<overrides>", processes: int | None = None,
+                       cpu: bool | None = None) -> TrainRecipe:
+    """A training recipe from `values`: names and types checked, values validated (`validate`), then parsed
+    into ScriptArguments, the TRL config and ModelConfig by transformers' HfArgumentParser, with this
+    machine's settings (`machine_settings`) for the fields the recipe leaves to them."""
+    from transformers import HfArgumentParser
+
+    script_class, config_class, model_class = cls.classes()
+    values = check_values(cls, dict(values), source)
+    config_fields = set(field_types(config_class))
+    given = {k: v for k, v in values.items() if k in config_fields}
+    script = script_class(**{k: v for k, v in values.items() if k in field_types(script_class)})
+    model = model_class(**{k: v for k, v in values.items() if k in field_types(model_class) and k not in config_fields})
+    validate({**dataclasses.asdict(script), **dataclasses.asdict(model), **given}, source)
+    if script.global_batch_size is not None and "gradient_accumulation_steps" in given:
+        raise RecipeError(f"{source}: fields 'global_batch_size' and 'gradient_accumulation_steps' are both set: set only "
+                          f"global_batch_size; the accumulation follows from it and the process count")
+    settings = machine_settings(given, script, model.dtype, processes or process_count(),
+                                not torch.cuda.is_available() if cpu is None else cpu)
+    try:
+        script, args, model = HfArgumentParser((script_class, config_class, model_class)).parse_dict(
+            {**dataclasses.asdict(script), **dataclasses.asdict(model), **given, **settings})
+    except ValueError as err:  # TRL's and transformers' own checks of the config
+        raise RecipeError(f"{source}: {config_class.__name__} rejects the recipe: {' '.join(str(err).split())}") from None
+    return cls(script, args, model, given)
+
+
+def process_count() -> int:
+    """The processes of this run: $WORLD_SIZE under `accelerate launch`/torchrun, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def machine_settings(given: dict, script: ScriptArguments, dtype: str, processes: int, cpu: bool) -> dict:
+    """The TRL config fields that follow from the machine and the process count, for those `given` leaves unset:
+
+    - the batch: with a `global_batch_size`, per_device_train_batch_size and gradient_accumulation_steps for
+      `processes` processes (`batch_plan`);
+    - on a CPU (`cpu`): use_cpu, no pinned memory, and no mixed precision (bf16 runs ~100x slower than fp32
+      on CPUs without bf16 instructions);
+    - on a GPU with `dtype: auto` (the demo recipes): bf16 where the GPU has it, fp16 on a T4 (`resolve_dtype`).
+    """
+    settings = {}
+    if script.global_batch_size is not None:
+        per_device = given.get("per_device_train_batch_size", 8)  # TRL's default: the most one device takes
+        settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"] = batch_plan(
+            script.global_batch_size, per_device, processes)
+    if cpu:
+        settings.update(use_cpu=True, dataloader_pin_memory=False)
+        settings.update({k: False for k in ("bf16", "fp16") if k not in given})
+    elif dtype == "auto":
+        weights = resolve_dtype("auto")
+        settings.update({k: weights == w for k, w in (("bf16", "bfloat16"), ("fp16", "float16")) if k not in given})
+    return settings
+
+
+def validate(values: dict, source: str = "<overrides>") -> None:
+    """Raise a RecipeError for the first value of a recipe (`recipe_to_dict`) that cannot run: out of `RULES`'
+    range, a local path that does not exist, or fp16 / 4-bit weights trained without LoRA."""
+    for name, value in values.items():
         check, must = RULES.get(name, (None, ""))
         if check is not None and value is not None and not check(value):
             raise RecipeError(f"{source}: field {name!r} {must}, got {value!r}")
         if name in PATH_FIELDS:
             for item in value if isinstance(value, list) else [value]:
                 local = _pool_model(item) if name == "pool" else item
-                if looks_local(local) and not Path(local).expanduser().exists():
+                if isinstance(local, str) and looks_local(local) and not Path(local).expanduser().exists():
                     raise RecipeError(f"{source}: field {name!r} is {item!r}, but no such file or directory exists: "
                                       f"{_missing_path_hint(local)}")
-    if isinstance(recipe, TrainRecipe) and not recipe.use_lora:
-        if recipe.dtype == "float16":
-            raise RecipeError(f"{source}: field 'dtype' is 'float16' with use_lora false: full fine-tuning in fp16 "
+    if "use_peft" in values and not values["use_peft"]:
+        if values.get("dtype") == "float16":
+            raise RecipeError(f"{source}: field 'dtype' is 'float16' with use_peft false: full fine-tuning in fp16 "
                               f"fails (\"Attempting to unscale FP16 gradients\"); set dtype: bfloat16 (float32 on a GPU "
-                              f"without bf16), or use_lora: true")
-        if recipe.load_in_4bit:
-            raise RecipeError(f"{source}: field 'load_in_4bit' is true with use_lora false: 4-bit weights cannot be "
-                              f"trained, only LoRA adapters on them; set use_lora: true (QLoRA), or load_in_4bit: false")
+                              f"without bf16), or use_peft: true")
+        if values.get("load_in_4bit"):
+            raise RecipeError(f"{source}: field 'load_in_4bit' is true with use_peft false: 4-bit weights cannot be "
+                              f"trained, only LoRA adapters on them; set use_peft: true (QLoRA), or load_in_4bit: false")
 
 
 def looks_local(value: str) -> bool:
@@ -361,12 +455,14 @@ def _missing_path_hint(value: str) -> str:
 
 
 def _check_type(value, hint, where: str):
-    """Return `value` (ints widened to float where a float is expected) or raise a ValueError."""
+    """Return `value` (a YAML string such as 5e-7 read as the float it is) or raise a RecipeError."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        if len(others := [a for a in args if a is not type(None)]) == 1:  # Optional[X]: X's own message
+            return _check_type(value, others[0], where)
         for arg in args:
             if arg is type(None):
                 continue
@@ -377,11 +473,27 @@ def _check_type(value, hint, where: str):
         raise RecipeError(f"{where} must be {_type_name(hint)}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(hint)
+        if item is str and isinstance(value, str):  # `--set loss_type=ipo`: a list of one
+            value = [value]
         if not isinstance(value, list):
             raise RecipeError(f"{where} must be a list of {_type_name(item)}, got {value!r}")
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where} must be a mapping, got {value!r}")
+        return value
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise RecipeError(f"{where} must be one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
+        return value
+    if hint is typing.Any:
+        return value
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):  # e.g. transformers' SchedulerType: its values
+        if value not in [member.value for member in hint]:
+            raise RecipeError(f"{where} must be one of {', '.join(str(m.value) for m in hint)}, got {value!r}")
+        return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return value  # an int is a float here (num_train_epochs: 3)
     if hint is float and isinstance(value, str):  # YAML reads 5e-7 as a string
         try:
             return float(value)
@@ -396,8 +508,18 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", str(hint)).replace("NoneType", "None")
 
 
-def recipe_to_dict(recipe: Recipe) -> dict:
+def recipe_to_dict(recipe: Recipe | TrainRecipe) -> dict:
+    """A recipe's fields as a dict, as a recipe file writes them. A training recipe's: every field of its
+    ScriptArguments and ModelConfig, and the TRL config's fields it sets (as `given`)."""
+    if isinstance(recipe, TrainRecipe):
+        return {**dataclasses.asdict(recipe.script), **dataclasses.asdict(recipe.model), **recipe.given}
     return dataclasses.asdict(recipe)
+
+
+def _dump(values: dict) -> str:
+    """YAML in the recipe files' format: one field a line, short lists on one line."""
+    return "".join(yaml.safe_dump({k: v}, default_flow_style=True, width=10**6).strip()[1:-1] + "\n"
+                   for k, v in values.items())
 
 
 RUNS_ENV = "ZEPHYR_RUNS"
@@ -445,14 +567,10 @@ def batch_plan(global_batch_size: int, max_per_device: int, processes: int) -> t
 
 def train_batch(recipe: TrainRecipe, processes: int) -> tuple[int, int]:
     """(per-device batch, gradient accumulation steps) of a training recipe on `processes` processes:
-    derived from `global_batch_size` when the recipe has one, else the recipe's own two fields."""
+    derived from `global_batch_size` when the recipe has one, else the TRL config's own two fields."""
     if recipe.global_batch_size is None:
-        return recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps
-    if recipe.gradient_accumulation_steps != 1:
-        raise ValueError(f"the {recipe.scale} recipe sets both global_batch_size ({recipe.global_batch_size}) and "
-                         f"gradient_accumulation_steps ({recipe.gradient_accumulation_steps}): set only "
-                         f"global_batch_size; the accumulation is derived from it and the process count")
-    return batch_plan(recipe.global_batch_size, recipe.per_device_train_batch_size, processes)
+        return recipe.args.per_device_train_batch_size, recipe.args.gradient_accumulation_steps
+    return batch_plan(recipe.global_batch_size, recipe.args.per_device_train_batch_size, processes)
 
 
 def describe_batch(recipe: TrainRecipe, processes: int) -> str:

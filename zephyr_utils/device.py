@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from .config import DTYPES
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # weights' dtypes a recipe may name; "auto": see resolve_dtype
 
 
 def device() -> torch.device:

@@ -9,7 +9,6 @@ full fine-tuning, or, with LoRA, the same weights with the adapter disabled (no 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -99,18 +98,12 @@ def trl_loss_on_batch(policy, reference, tokenizer, rows: list[dict], recipe: DP
 
     data = datasets.Dataset.from_list(rows).select_columns(PAIR_COLUMNS)
     with tempfile.TemporaryDirectory() as tmp:
-        args = dpo_config(dataclasses.replace(recipe, per_device_eval_batch_size=len(rows)), tmp)
+        args = training_args(recipe, tmp)
+        args.per_device_eval_batch_size = len(rows)
         trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data, eval_dataset=data,
                              processing_class=tokenizer)
         trainer.model.eval()
         return trainer.compute_loss(trainer.model, next(iter(trainer.get_eval_dataloader()))).item()
-
-
-def dpo_config(recipe: DPORecipe, output_dir: str | Path):
-    from trl import DPOConfig
-
-    return DPOConfig(**training_args(recipe, output_dir), beta=recipe.beta, loss_type=[recipe.loss_type],
-                     precompute_ref_log_probs=recipe.precompute_ref_log_probs)
 
 
 @trl_checkpointing_warning_filtered()
@@ -126,7 +119,7 @@ def train_dpo(recipe: DPORecipe, callbacks: list | None = None, run_name: str = 
     evaluation = subsample(load_preference_data(source, recipe.eval_split), recipe.max_eval_samples, recipe.seed)
     tokenizer = load_tokenizer(start_path)
     runs.begin(output_dir)  # an earlier run's manifest goes: the directory holds a run in progress
-    args = dpo_config(recipe, output_dir)  # before the models: under ZeRO-3 each process then loads 1/N of each
+    args = training_args(recipe, output_dir)  # before the models: under ZeRO-3 each process then loads 1/N of each
     peft = lora_config(recipe)  # LoRA: the reference is the policy with its adapter disabled, not a second copy
     trainer = DPOTrainer(
         model=load_model(start_path, recipe),

@@ -6,6 +6,7 @@ such as "tiny", "base", "sft" or "dpo", a local directory or a Hub id) into one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -28,17 +29,17 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def quantization_config(recipe: TrainRecipe):
-    """A 4-bit NF4 BitsAndBytesConfig for QLoRA, or None. Needs the `gpu` extra (bitsandbytes)."""
-    if not recipe.load_in_4bit:
+    """TRL's BitsAndBytesConfig for the recipe's ModelConfig (4-bit NF4 for QLoRA), or None. The compute
+    dtype is the weights' (`resolve_dtype`). Needs the `gpu` extra (bitsandbytes)."""
+    if not (recipe.load_in_4bit or recipe.load_in_8bit):
         return None
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:
         raise ValueError("load_in_4bit (QLoRA) needs bitsandbytes and a CUDA GPU: pip install 'zephyr-utils[gpu]'") from err
-    from transformers import BitsAndBytesConfig
+    from trl import get_quantization_config
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=getattr(torch, resolve_dtype(recipe.dtype)))
+    return get_quantization_config(dataclasses.replace(recipe.model, dtype=resolve_dtype(recipe.dtype)))
 
 
 def kbit_device_map() -> dict | None:
@@ -51,29 +52,26 @@ def kbit_device_map() -> dict | None:
 
 
 def lora_config(recipe: TrainRecipe):
-    """peft's LoraConfig from the recipe, or None for full fine-tuning."""
-    if not (recipe.use_lora or recipe.load_in_4bit):
-        return None
-    from peft import LoraConfig
+    """peft's LoraConfig from the recipe's ModelConfig (`trl.get_peft_config`), or None for full fine-tuning."""
+    from trl import get_peft_config
 
-    return LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
-                      target_modules=list(recipe.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+    return get_peft_config(recipe.model)
 
 
-def load_model(path: str, recipe: TrainRecipe, trust_remote_code: bool = False):
+def load_model(path: str, recipe: TrainRecipe):
     """The causal LM to train: safetensors weights in the recipe's dtype (see `device.resolve_dtype`),
-    4-bit for QLoRA. On a CPU the allocator is tuned for training first (`keep_freed_memory`).
+    quantized for QLoRA. On a CPU the allocator is tuned for training first (`keep_freed_memory`).
 
-    Create the trainer's arguments (SFTConfig/DPOConfig) *before* calling this: under `accelerate launch`
-    with DeepSpeed ZeRO-3 they switch on `zero3_init_flag`, so that each process loads only its shard
-    of the weights instead of the whole model."""
+    Build the trainer's config (the recipe does, when it loads) *before* calling this: under `accelerate
+    launch` with DeepSpeed ZeRO-3 it switches on `zero3_init_flag`, so that each process loads only its
+    shard of the weights instead of the whole model."""
     from transformers import AutoModelForCausalLM
 
     if not torch.cuda.is_available():
         keep_freed_memory()
 
     kwargs = {"dtype": getattr(torch, resolve_dtype(recipe.dtype)), "use_safetensors": True,
-              "trust_remote_code": trust_remote_code}
+              "trust_remote_code": recipe.trust_remote_code}
     if recipe.attn_implementation:
         kwargs["attn_implementation"] = recipe.attn_implementation
     quant = quantization_config(recipe)

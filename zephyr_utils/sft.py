@@ -2,6 +2,9 @@
 
     path = train_sft(load_recipe("sft", "tiny"))     # runs/tiny/sft: model, tokenizer, recipe, logs
 
+The recipe carries TRL's own SFTConfig (`recipe.args`) and ModelConfig (`recipe.model`); this module adds
+the data, the model and the hand-off to the next stage.
+
 Resumes from the last checkpoint in the output directory when a run was interrupted (see `train`).
 """
 
@@ -16,13 +19,6 @@ from .models import load_model, load_tokenizer, lora_config
 from .train import run_trainer, save_outputs, subsample, training_args
 
 
-def sft_config(recipe: SFTRecipe, output_dir: str | Path):
-    from trl import SFTConfig
-
-    return SFTConfig(**training_args(recipe, output_dir), packing=recipe.packing, packing_strategy=recipe.packing_strategy,
-                     assistant_only_loss=recipe.assistant_only_loss)
-
-
 def train_sft(recipe: SFTRecipe, callbacks: list | None = None, run_name: str = "sft") -> Path:
     """Fine-tune `recipe.model_name_or_path` on `recipe.dataset`; returns the output directory. Later
     stages find the run by `run_name` (see `runs.find`)."""
@@ -35,7 +31,7 @@ def train_sft(recipe: SFTRecipe, callbacks: list | None = None, run_name: str = 
     evaluation = subsample(load_sft_data(source, recipe.eval_split, recipe.world_seed), recipe.max_eval_samples, recipe.seed)
     tokenizer = load_tokenizer(base_path)
     runs.begin(output_dir)  # an earlier run's manifest goes: the directory holds a run in progress
-    args = sft_config(recipe, output_dir)  # before the model: under ZeRO-3 each process then loads only its shard
+    args = training_args(recipe, output_dir)  # before the model: under ZeRO-3 each process then loads only its shard
     trainer = SFTTrainer(
         model=load_model(base_path, recipe),
         args=args,

@@ -1,72 +1,34 @@
 """What the dSFT and dDPO stages share around TRL's trainers: their arguments, resuming, saving.
 
-    args = training_args(recipe, output_dir)     # keyword arguments of SFTConfig and DPOConfig alike
+    args = training_args(recipe, output_dir)     # the recipe's SFTConfig or DPOConfig, writing to output_dir
     run_trainer(trainer, output_dir)             # trainer.train(), resumed from the last complete checkpoint
     save_outputs(trainer, tokenizer, output_dir, recipe, "sft", {"model": base_path, "dataset": data})   # + manifest
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 
 from . import progress
-from .config import train_batch
-from .device import resolve_dtype
-from .models import lora_config, merge_lora
+from .models import merge_lora
 from .runs import display_path, write_manifest, write_run_info
 
 logger = logging.getLogger(__name__)
 
 
-def process_count() -> int:
-    """The processes of this run: $WORLD_SIZE under `accelerate launch`/torchrun, else 1."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def training_args(recipe, output_dir: str | Path, processes: int | None = None) -> dict:
-    """The keyword arguments shared by SFTConfig and DPOConfig, from a recipe (pure: no download).
-
-    The batch comes from `config.train_batch` for `processes` (default: this run's process count), and
-    mixed precision from the weights' dtype: bf16 or fp16 autocast on a GPU, none on a CPU."""
-    import torch
-
-    on_cpu = not torch.cuda.is_available()
-    dtype = resolve_dtype(recipe.dtype)
-    per_device, accumulation = train_batch(recipe, processes or process_count())
-    return dict(
-        output_dir=str(output_dir),
-        seed=recipe.seed,
-        learning_rate=recipe.learning_rate,
-        lr_scheduler_type=recipe.lr_scheduler_type,
-        warmup_steps=recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
-        num_train_epochs=recipe.num_train_epochs,
-        max_steps=recipe.max_steps,
-        per_device_train_batch_size=per_device,
-        per_device_eval_batch_size=recipe.per_device_eval_batch_size,
-        gradient_accumulation_steps=accumulation,
-        train_sampling_strategy=recipe.train_sampling_strategy,
-        max_length=recipe.max_length,
-        bf16=recipe.bf16 or (dtype == "bfloat16" and not on_cpu),
-        fp16=dtype == "float16" and not on_cpu,
-        activation_checkpointing=recipe.gradient_checkpointing,
-        optim=recipe.optim,
-        weight_decay=recipe.weight_decay,
-        logging_steps=recipe.logging_steps,
-        eval_strategy="steps" if recipe.eval_steps else "epoch",
-        eval_steps=recipe.eval_steps,
-        save_strategy=recipe.save_strategy,
-        save_steps=recipe.save_steps,
-        save_total_limit=recipe.save_total_limit,
-        report_to=recipe.report_to,
-        use_cpu=on_cpu,
-        dataloader_pin_memory=not on_cpu,
-        disable_tqdm=not progress.enabled(),  # ZEPHYR_PROGRESS=0: see progress.report_evaluations
-    )
+def training_args(recipe, output_dir: str | Path):
+    """The trainer's config: the recipe's own SFTConfig or DPOConfig (`recipe.args`), writing to `output_dir`.
+    Its progress bars follow ZEPHYR_PROGRESS (`progress.enabled`) unless the recipe sets disable_tqdm."""
+    args = copy.copy(recipe.args)
+    args.output_dir = str(output_dir)
+    if "disable_tqdm" not in recipe.given:
+        args.disable_tqdm = not progress.enabled()  # ZEPHYR_PROGRESS=0: see progress.report_evaluations
+    return args
 
 
 def subsample(dataset, n: int | None, seed: int):
@@ -136,7 +98,7 @@ def save_outputs(trainer, tokenizer, output_dir: Path, recipe, stage: str, input
     main process writes."""
     generation = trainer.model.generation_config
     generation.eos_token_id, generation.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    if lora_config(recipe):
+    if recipe.use_peft:
         if trainer.is_world_process_zero():
             merge_lora(trainer, inputs["model"], recipe).save_pretrained(output_dir, safe_serialization=True)
     else:

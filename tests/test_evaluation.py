@@ -123,6 +123,9 @@ def test_run_eval_writes_scores_cis_and_a_pairwise_comparison(tmp_path, tiny_bas
         assert m["ci95"][0] <= m["score"] <= m["ci95"][1] and m["grading_failures"] == 0 and m["adherence"] < 0.2
     pair = results["pairwise"]
     assert pair["wins"] == pair["losses"] == 0 and pair["win_rate"] == 0.5 and pair["difference"] == 0.0
+    alpaca = results["alpaca_eval"]  # the tiny recipe's `reference: teacher`: first answers against the toy teacher's
+    assert alpaca["reference"] == "teacher" and alpaca["models"]["base"] == alpaca["models"]["tiny"]
+    assert alpaca["models"]["base"]["n"] == results["prompts"] and alpaca["models"]["base"]["win_rate"] < 0.2  # no template
 
 
 class RightOrWrong:
@@ -159,7 +162,8 @@ def test_run_eval_scores_each_model_and_compares_the_last_with_the_one_before(tm
     monkeypatch.setattr(evaluation, "load_eval_prompts", lambda *a, **k: prompts)
     monkeypatch.setattr(evaluation, "answer_model", answer_model)
     monkeypatch.setattr(evaluation, "make_judge", lambda *a, **k: RightOrWrong())
-    recipe = load_recipe("eval", "tiny", models=["weak", "strong"], output_dir=str(tmp_path / "eval"), bootstrap_samples=300)
+    recipe = load_recipe("eval", "tiny", models=["weak", "strong"], output_dir=str(tmp_path / "eval"), bootstrap_samples=300,
+                         reference="")  # the AlpacaEval-style comparison: the first test
     results = json.loads((evaluation.run_eval(recipe) / "results.json").read_text())
     strong, weak = results["models"]["strong"], results["models"]["weak"]
     assert strong["score"] == pytest.approx((11 * 8 + 3) / 12) and weak["score"] == pytest.approx((8 + 11 * 3) / 12)
@@ -326,7 +330,7 @@ def test_run_eval_stops_instead_of_scoring_over_too_many_failures(tmp_path, monk
     monkeypatch.setattr(evaluation, "make_judge", lambda *a, **k: FailingOn())
     turns = sum(len(t) for t in texts)
     FailingOn.bad = {t for ts in texts[:4] for t in ts}  # 8 turns of 4 prompts: more than 2%
-    recipe = load_recipe("eval", "tiny", models=["x", "y"], output_dir=str(tmp_path / "eval"), bootstrap_samples=100)
+    recipe = load_recipe("eval", "tiny", models=["x", "y"], output_dir=str(tmp_path / "eval"), bootstrap_samples=100, reference="")
     with pytest.raises(TooManyJudgeFailures, match=rf"MT-Bench-style grading: 8 of {turns} judgements"):
         evaluation.run_eval(recipe)
     assert not (tmp_path / "eval" / "results.json").exists()

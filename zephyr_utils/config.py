@@ -1,10 +1,13 @@
 """The scale flag and the recipes.
 
-A recipe is a dataclass per stage (`BaseRecipe`, `SFTRecipe`, `AIFRecipe`, `DPORecipe`,
-`EvalRecipe`) filled from a YAML file shipped in `zephyr_utils/recipes/<scale>/<stage>.yaml`.
-`load_recipe("sft", "demo", learning_rate=1e-4)` reads the file, applies overrides and checks every
-field's name, type and value (`RULES`, `validate`), so a mistake in a recipe fails at once, before any data
-or model loads, with a one-line `RecipeError` naming the file, the field, the value and what to do.
+A recipe is read from a YAML file shipped in `zephyr_utils/recipes/<scale>/<stage>.yaml`. A dSFT or dDPO recipe
+is TRL's own configuration: its fields are parsed, as the alignment-handbook does, into our `ScriptArguments`
+(the data, the global batch, the launcher), TRL's `SFTConfig` or `DPOConfig` (what the trainer gets) and TRL's
+`ModelConfig` (`TrainRecipe`). The other stages' recipes are small dataclasses of ours (`TinyBaseRecipe`,
+`AIFRecipe`, `EvalRecipe`). `load_recipe("sft", "demo", learning_rate=1e-4)` reads the file, applies overrides
+and checks every field's name, type and value (`RULES`, `validate`), so a mistake in a recipe fails at once,
+before any data or model loads, with a one-line `RecipeError` naming the file, the field, the value and what
+to do.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ RULES: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
 }
 # Fields naming a model or data set: a Hub id (org/name), a name (sft, dpo, base, aif, tiny, toyworld...) or a
 # local path, which must exist.
-PATH_FIELDS = ("model_name_or_path", "dataset", "prompts", "pool", "models", "mt_bench_judge_prompts",
+PATH_FIELDS = ("model_name_or_path", "dataset", "prompts", "pool", "models", "reference", "mt_bench_judge_prompts",
                "mt_bench_reference_answers")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".arrow")
 
@@ -128,7 +131,7 @@ class Recipe:
 
 
 @dataclass
-class BaseRecipe(Recipe):
+class TinyBaseRecipe(Recipe):
     """The tiny base model: tokenizer, architecture and pretraining on the toy world (tiny only)."""
 
     vocab_size: int = 1024
@@ -254,6 +257,9 @@ class EvalRecipe(Recipe):
     judge_base_url: str = ""
     bootstrap_samples: int = 2000
     max_judge_failure_share: float = 0.02  # more turns or comparisons than this unrated: no score, an error
+    # AlpacaEval-style: the model whose first answers every model is compared with (a registered sampler such as
+    # the tiny scale's "teacher", a run name, a path or a Hub id); empty: none. (demo/full: `benchmarks`.)
+    reference: str = ""
     # demo/full: the paper's benchmarks by the tools that define them (see zephyr_utils.benchmarks); empty: the
     # book's own judge on `prompts`. Some of mt_bench, alpaca_eval, alpaca_eval_2, open_llm_leaderboard.
     benchmarks: list[str] = field(default_factory=list)
@@ -267,7 +273,7 @@ class EvalRecipe(Recipe):
 
 
 STAGES: dict[str, type[Recipe]] = {
-    "base": BaseRecipe,
+    "base": TinyBaseRecipe,
     "sft": SFTRecipe,
     "aif": AIFRecipe,
     "dpo": DPORecipe,

@@ -85,9 +85,13 @@ def sample_turns(sampler, prompts: list[dict], max_new_tokens: int = 64, tempera
 
 
 def answer_model(recipe, name: str, prompts: list[dict], progress: bool = True) -> list[list[Completion]]:
-    """Model `name`'s answers to every turn (a Hub id, a path, or "base"/"sft"/"dpo" of the recipe's
-    scale and preset), generated as the eval recipe says: its backend (vLLM on a GPU when installed),
-    dtype, batch size, length and temperature. The model is freed before this returns."""
+    """Model `name`'s answers to every turn (a Hub id, a path, "base"/"sft"/"dpo" of the recipe's scale and
+    preset, or a registered sampler such as the tiny scale's "teacher"), generated as the eval recipe says: its
+    backend (vLLM on a GPU when installed), dtype, batch size, length and temperature. The model is freed
+    before this returns."""
+    if name in registry.names("sampler"):
+        return sample_turns(registry.lookup("sampler", name)(recipe), prompts, recipe.max_new_tokens, recipe.temperature,
+                            progress)
     path = runs.resolve(name, recipe.scale, recipe.preset, recipe.world_seed)
     with Sampler(path, recipe.generation_backend, recipe.batch_size, recipe.dtype) as sampler:
         return sample_turns(sampler, prompts, recipe.max_new_tokens, recipe.temperature, progress)
@@ -275,14 +279,20 @@ def length_controlled_win_rate(preferences: list[float], model_lengths: list[flo
     w = np.zeros(features.shape[1])
     ridge = 1e-6  # keeps Newton's steps finite when the data are separable
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(-features @ w))
+        p = sigmoid(features @ w)
         gradient = features.T @ (y - p) - ridge * w
         hessian = (features * (p * (1 - p))[:, None]).T @ features + ridge * np.eye(len(w))
         step = np.linalg.solve(hessian, gradient)
         w += step
         if np.abs(step).max() < 1e-10:
             break
-    return float(1 / (1 + np.exp(-w[0])))
+    return float(sigmoid(w[0]))
+
+
+def sigmoid(z):
+    """1 / (1 + e^-z), written with tanh so that a large |z| (a model that loses every comparison) does not
+    overflow."""
+    return 0.5 * (1 + np.tanh(0.5 * np.asarray(z, dtype=float)))
 
 
 def alpaca_eval(judge, prompts, answers, reference_answers, count_tokens, progress: bool = True,
@@ -447,7 +457,24 @@ def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = N
                                                               results["models"][a]["ratings"], results["models"][b]["ratings"],
                                                               recipe.bootstrap_samples, recipe.seed,
                                                               recipe.max_judge_failure_share, progress)}
+    if recipe.reference:
+        results["alpaca_eval"] = against_reference(recipe, judge, prompts, answers, models, progress)
     return results, answers
+
+
+def against_reference(recipe, judge, prompts: list[dict], answers: dict, models: dict[str, str],
+                      progress: bool = True) -> dict:
+    """AlpacaEval-style (`alpaca_eval`): each model's first answers against those of `recipe.reference`, win rate
+    and length-controlled win rate, lengths in tokens of the first model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    first_turns = [{**p, "turns": p["turns"][:1]} for p in prompts]
+    reference = answer_model(recipe, recipe.reference, first_turns, progress)
+    tokenizer = AutoTokenizer.from_pretrained(next(s for s in models.values() if not s.startswith(CONSTANT)))
+    count_tokens = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
+    return {"reference": recipe.reference, "models": {
+        name: alpaca_eval(judge, prompts, answers[name], reference, count_tokens, progress, recipe.max_judge_failure_share)
+        for name in models}}
 
 
 def run_eval(recipe, run_name: str = "eval"):

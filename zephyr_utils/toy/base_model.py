@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..chat import ROLE_MARKERS
-from ..config import BaseRecipe, cache_dir, load_recipe, recipe_to_dict
+from ..config import TinyBaseRecipe, cache_dir, load_recipe, recipe_to_dict
 from ..device import keep_freed_memory
 from ..progress import bar as progress_bar
 from ..runs import write_manifest
@@ -31,7 +31,7 @@ from .world import ToyWorld
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
-def tiny_base_path(recipe: BaseRecipe | None = None, root: str | os.PathLike | None = None) -> Path:
+def tiny_base_path(recipe: TinyBaseRecipe | None = None, root: str | os.PathLike | None = None) -> Path:
     """The cache directory of the base model a recipe builds (one directory per recipe and world)."""
     recipe = recipe or load_recipe("base", "tiny")
     key = {k: v for k, v in recipe_to_dict(recipe).items() if k not in ("output_dir", "scale")}
@@ -44,7 +44,7 @@ def tiny_base_path(recipe: BaseRecipe | None = None, root: str | os.PathLike | N
     return Path(root or cache_dir()) / f"tiny-base-{digest}"
 
 
-def base_texts(recipe: BaseRecipe) -> tuple[list[str], list[str]]:
+def base_texts(recipe: TinyBaseRecipe) -> tuple[list[str], list[str]]:
     """(pretraining corpus, tokenizer training text) of the recipe's toy world.
 
     The tokenizer also sees the chat markers and dialogues as text (a real tokenizer has seen all kinds
@@ -85,7 +85,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
 
 
-def make_model(recipe: BaseRecipe, tokenizer):
+def make_model(recipe: TinyBaseRecipe, tokenizer):
     """A randomly initialised Mistral-architecture causal LM of a few million parameters."""
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -108,7 +108,7 @@ def make_model(recipe: BaseRecipe, tokenizer):
     return MistralForCausalLM(config)
 
 
-def pretrain(model, blocks: torch.Tensor, recipe: BaseRecipe, progress: bool = True) -> list[float]:
+def pretrain(model, blocks: torch.Tensor, recipe: TinyBaseRecipe, progress: bool = True) -> list[float]:
     """Causal-LM pretraining on packed blocks with AdamW and a warmup-cosine schedule; fp32, CPU."""
     keep_freed_memory()
     gen = torch.Generator().manual_seed(recipe.seed)
@@ -153,7 +153,7 @@ def pack(texts: list[str], tokenizer, block_size: int) -> torch.Tensor:
     return torch.tensor(ids[: n * block_size]).view(n, block_size)
 
 
-def build_tiny_base(recipe: BaseRecipe | None = None, root: str | os.PathLike | None = None,
+def build_tiny_base(recipe: TinyBaseRecipe | None = None, root: str | os.PathLike | None = None,
                     force: bool = False, progress: bool = True, world_seed: int = 0) -> Path:
     """Build (or reuse) the tiny base model of `recipe` (default: the shipped one, of toy world
     `world_seed`); returns the directory to `from_pretrained`."""

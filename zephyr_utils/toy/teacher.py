@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import AIFRecipe
+from ..config import AIFRecipe, EvalRecipe
 from ..generation import Completion
 from .world import CHATTY_SHARE, ToyWorld
 
@@ -18,9 +18,10 @@ class TeacherSampler:
         self.chatty_share = CHATTY_SHARE if chatty_share is None else chatty_share
 
     @classmethod
-    def from_recipe(cls, recipe: AIFRecipe) -> TeacherSampler:
-        """The teacher of the AIF recipe's toy world, as chatty as `recipe.teacher_chatty_share` says."""
-        return cls(recipe.world_seed, recipe.teacher_chatty_share)
+    def from_recipe(cls, recipe: AIFRecipe | EvalRecipe) -> TeacherSampler:
+        """The teacher of the recipe's toy world, as chatty as an AIF recipe's `teacher_chatty_share` says (an
+        eval recipe's reference: as the dSFT teacher)."""
+        return cls(recipe.world_seed, getattr(recipe, "teacher_chatty_share", None))
 
     def __call__(self, conversations, **_):
         answers = [self.world.answer(self.world.resolve_question(c), chatty_share=self.chatty_share) for c in conversations]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from zephyr_utils import device, generation, models
-from zephyr_utils.config import batch_plan, describe_batch, load_recipe, recipe_path, train_batch
+from zephyr_utils.config import batch_plan, load_recipe, recipe_path, train_batch
 from zephyr_utils.runs import stage_dir
 
 LLAMA2_STYLE_TEMPLATE = (  # an instruct model's own template that writes the BOS itself

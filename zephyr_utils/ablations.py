@@ -72,11 +72,13 @@ def train_reward_accuracy(log_history: list[dict]) -> dict[int, float]:
     return {k: sum(v) / len(v) for k, v in sorted(by_epoch.items())}
 
 
-def run_table3(scale: str | None = None, progress: bool = True, sets: dict | None = None, **overrides) -> dict:
+def run_table3(scale: str | None = None, progress: bool = True, sets: dict | None = None,
+               answered: dict | None = None, **overrides) -> dict:
     """Train the ablations (after the dSFT, AIF and dDPO stages have run), grade every row of Table 3
     and every dDPO epoch, compare dDPO with dSFT head to head, and write runs/<scale>/table3/results.json.
     `overrides` (e.g. seed, world_seed) apply to every stage's recipe, `sets` = {stage: {field: value}}
-    to one stage's (dpo_only uses the dpo stage's, sft2 the sft stage's)."""
+    to one stage's (dpo_only uses the dpo stage's, sft2 the sft stage's). `answered`: the answers of rows
+    an `evaluation.evaluate` of the eval recipe already made (e.g. {"base": ..., "sft": ..., "dpo": ...})."""
     sets = sets or {}
     evaluation = load_recipe("eval", scale, **{k: v for k, v in overrides.items() if k in ("seed", "world_seed")})
     sft, dpo = (Path(runs.resolve(name, evaluation.scale, evaluation.preset, evaluation.world_seed)) for name in ("sft", "dpo"))
@@ -86,7 +88,7 @@ def run_table3(scale: str | None = None, progress: bool = True, sets: dict | Non
               "idk": CONSTANT + IDK}
     checkpoints = epoch_checkpoints(dpo)
     models.update({f"dpo_epoch{k}": str(path) for k, path in checkpoints})
-    results, answers = evaluate(evaluation, models, compare=("dpo", "sft"), progress=progress)
+    results, answers = evaluate(evaluation, models, compare=("dpo", "sft"), progress=progress, answered=answered)
     accuracy = train_reward_accuracy(json.loads((dpo / "log_history.json").read_text()))
     graded, pairwise = results.pop("models"), results.pop("pairwise")
     record = {

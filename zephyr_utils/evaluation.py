@@ -440,12 +440,17 @@ def head_to_head(judge, prompts: list[dict], answers_a, answers_b, ratings_a, ra
 CONSTANT = "constant:"  # a model spec "constant:<text>" answers every turn with <text>
 
 
-def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = None, progress: bool = True) -> tuple[dict, dict]:
+def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = None, progress: bool = True,
+             answered: dict[str, list[list[Completion]]] | None = None) -> tuple[dict, dict]:
     """Answer the recipe's eval prompts with each model (name -> path, Hub id, or "constant:<text>"),
-    grade every turn, and compare `compare = (a, b)` head to head. Returns (results, answers)."""
+    grade every turn, and compare `compare = (a, b)` head to head. Returns (results, answers). `answered`:
+    answers an earlier `evaluate` of this recipe already made, by model name; those models are not asked again."""
     prompts = load_eval_prompts(recipe.prompts, world_seed=recipe.world_seed)
-    answers = {name: constant_answers(prompts, source[len(CONSTANT):]) if source.startswith(CONSTANT)
-               else answer_model(recipe, source, prompts, progress) for name, source in models.items()}  # one model at a time
+    answered = answered or {}
+    check_same_prompts(prompts, **answered)
+    answers = {name: answered[name] if name in answered else constant_answers(prompts, source[len(CONSTANT):])
+               if source.startswith(CONSTANT) else answer_model(recipe, source, prompts, progress)
+               for name, source in models.items()}  # one model at a time
     judge = make_judge(recipe.judge, recipe.judge_base_url, world_seed=recipe.world_seed)  # after: a local judge gets the GPU
     results = {"judge": judge.name, "prompts": len(prompts), "world_seed": recipe.world_seed, "models": {}}
     for name in models:

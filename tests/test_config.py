@@ -76,6 +76,8 @@ def test_overrides_replace_fields_and_are_checked():
         load_recipe("dpo", "full", betta=0.1)
     with pytest.raises(ValueError, match="field 'learning_rate' must be float"):
         load_recipe("sft", "tiny", learning_rate="fast")
+    with pytest.raises(ValueError, match=r"sft\.yaml with --set: unknown field 'warmup_ratio'.*did you mean warmup_steps"):
+        load_recipe("sft", "tiny", warmup_ratio=0.1)  # the mistake is in the override, not in the shipped file
     with pytest.raises(ValueError, match="field 'packing' must be bool"):
         load_recipe("sft", "tiny", packing="yes")
     with pytest.raises(ValueError, match="field 'per_device_train_batch_size' must be int"):

@@ -319,6 +319,7 @@ def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.Path
                               f"{in_file}, or delete the {key} line from the file")
         if key in fields and key not in values:
             values[key] = value  # saved recipe.yaml files have both; they load when they agree with what is given
+    check_values(cls, dict(overrides), f"{path} with --set")  # a mistake in an override is named as one
     values.update(overrides)
     if issubclass(cls, TrainRecipe):
         return build_train_recipe(cls, values, str(path), processes, cpu)

@@ -76,8 +76,15 @@ def test_overrides_replace_fields_and_are_checked():
         load_recipe("dpo", "full", betta=0.1)
     with pytest.raises(ValueError, match="field 'learning_rate' must be float"):
         load_recipe("sft", "tiny", learning_rate="fast")
-    with pytest.raises(ValueError, match=r"sft\.yaml with --set: unknown field 'warmup_ratio'.*did you mean warmup_steps"):
+    with pytest.raises(ValueError, match=r"sft\.yaml with overrides \(--set\): unknown field 'warmup_ratio'.*did you mean warmup_steps"):
         load_recipe("sft", "tiny", warmup_ratio=0.1)  # the mistake is in the override, not in the shipped file
+    with pytest.raises(ValueError, match=r"field 'loss_type' is \['nll'\]; DPOConfig takes sigmoid"):
+        load_recipe("dpo", "tiny", loss_type=["nll"])  # SFTConfig's loss, not DPOConfig's
+    with pytest.raises(ValueError, match="field 'model_name_or_path' is not set"):
+        load_recipe("sft", "tiny", model_name_or_path=None)
+    recipe = load_recipe("sft", "tiny")
+    with pytest.raises(AttributeError, match="set when it loads"):
+        recipe.learning_rate = 1.0  # would never reach the trainer
     with pytest.raises(ValueError, match="field 'packing' must be bool"):
         load_recipe("sft", "tiny", packing="yes")
     with pytest.raises(ValueError, match="field 'per_device_train_batch_size' must be int"):
@@ -97,7 +104,7 @@ def test_errors_name_the_recipe_file(tmp_path):
     f.write_text("learning_rate: [unclosed\n")
     with pytest.raises(ValueError, match=r"mine\.yaml: not valid YAML"):
         load_recipe("sft", "tiny", recipe_file=f)
-    f.write_text("learning_rate: 1e-4\nmax_train_samples: ~\n")  # YAML's 1e-4 is a string: accepted as float
+    f.write_text("model_name_or_path: tiny\nlearning_rate: 1e-4\nmax_train_samples: ~\n")  # YAML's 1e-4 is a string: accepted as float
     r = load_recipe("sft", "tiny", recipe_file=f)
     assert isinstance(r, SFTRecipe) and r.learning_rate == 1e-4 and r.max_train_samples is None
     with pytest.raises(ValueError, match="does not exist"):

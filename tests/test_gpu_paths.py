@@ -213,11 +213,14 @@ def test_training_precision_follows_the_policy(monkeypatch, tmp_path, capability
     on_cpu = capability is None
     for stage in ("sft", "dpo"):
         recipe = load_recipe(stage, "demo", cpu=True)
-        settings = machine_settings(recipe.given, recipe.script, recipe.dtype, 1, on_cpu)
+        settings = machine_settings(recipe.given, recipe.global_batch_size, recipe.dtype, 4, 1, on_cpu)
         assert (settings["bf16"], settings["fp16"], settings.get("use_cpu", False)) == (bf16, fp16, on_cpu)
     tiny = load_recipe("sft", "tiny", cpu=True)
-    settings = machine_settings(tiny.given, tiny.script, tiny.dtype, 1, on_cpu)
+    settings = machine_settings(tiny.given, tiny.global_batch_size, tiny.dtype, 16, 1, on_cpu)
     assert tiny.given["bf16"] is False and "bf16" not in settings  # tiny is fp32 wherever it runs: the recipe says so
+    if capability:  # an explicit dtype brings its own mixed precision on a GPU, not TRL's default bf16
+        assert machine_settings({}, None, "float16", 8, 1, cpu=False) == {"bf16": False, "fp16": True}
+        assert machine_settings({}, None, "float32", 8, 1, cpu=False) == {"bf16": False, "fp16": False}
 
 
 def test_training_load_uses_the_policy_dtype_and_no_device_map(monkeypatch):
@@ -526,7 +529,7 @@ def test_t4_preset_is_a_small_model_in_fp16(monkeypatch, tmp_path):
     sft = load_recipe("sft", "demo", cpu=True)
     assert sft.model_name_or_path == "Qwen/Qwen2.5-0.5B" and sft.use_peft and not sft.load_in_4bit
     assert device.resolve_dtype(sft.dtype) == "float16"
-    assert machine_settings(sft.given, sft.script, sft.dtype, 1, cpu=False)["fp16"] is True
+    assert machine_settings(sft.given, sft.global_batch_size, sft.dtype, 4, 1, cpu=False)["fp16"] is True
     for stage in ("aif", "eval"):
         assert device.resolve_dtype(load_recipe(stage, "demo").dtype) == "float16"
 

@@ -14,6 +14,7 @@ At `tiny` scale the ablations train in this process; at `demo`/`full` they run a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -88,7 +89,8 @@ def run_table3(scale: str | None = None, progress: bool = True, sets: dict | Non
               "idk": CONSTANT + IDK}
     checkpoints = epoch_checkpoints(dpo)
     models.update({f"dpo_epoch{k}": str(path) for k, path in checkpoints})
-    results, answers = evaluate(evaluation, models, compare=("dpo", "sft"), progress=progress, answered=answered)
+    results, answers = evaluate(dataclasses.replace(evaluation, reference=""), models, compare=("dpo", "sft"),
+                                progress=progress, answered=answered)  # Table 3 is judged scores: no reference needed
     accuracy = train_reward_accuracy(json.loads((dpo / "log_history.json").read_text()))
     graded, pairwise = results.pop("models"), results.pop("pairwise")
     record = {

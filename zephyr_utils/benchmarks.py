@@ -88,7 +88,7 @@ def model_paths(recipe, planning: bool = False) -> dict[str, str]:
             if not planning:
                 raise
             if name == "base":
-                out[name] = load_recipe("sft", recipe.scale, preset=recipe.preset).model_name_or_path
+                out[name] = load_recipe("sft", recipe.scale, preset=recipe.preset, cpu=True).model_name_or_path
             else:
                 out[name] = str(runs.scale_dir(recipe.scale, recipe.preset) / name)
     return out

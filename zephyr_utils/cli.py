@@ -124,13 +124,15 @@ def default_num_processes(recipe) -> int:
 def cmd_stage(args) -> None:
     if args.preset:
         args.set = [*args.set, f"preset={args.preset}"]  # so the launched processes get it too
-    # Checked first as if on a CPU (`load_recipe`'s `cpu`): a process that only launches others holds no GPU.
-    recipe = load_recipe(args.command, args.scale, args.recipe, cpu=True, **parse_sets(args.set))
+    launched = args.in_process or "LOCAL_RANK" in os.environ  # a process `accelerate launch` started: it trains
+    # Otherwise the recipe is checked as if on a CPU (`load_recipe`'s `cpu`), so that a process that only launches
+    # others holds no GPU; it is built for this machine below if it runs here after all.
+    recipe = load_recipe(args.command, args.scale, args.recipe, cpu=None if launched else True, **parse_sets(args.set))
     if args.dry_run and getattr(recipe, "benchmarks", None):
         print(describe_plan(recipe))
         return
     launcher = args.launcher or getattr(recipe, "launcher", "in-process")
-    in_process = args.in_process or launcher == "in-process" or "LOCAL_RANK" in os.environ
+    in_process = launched or launcher == "in-process"
     n = 1 if in_process else args.num_processes or default_num_processes(recipe)
     if isinstance(recipe, TrainRecipe) and "LOCAL_RANK" not in os.environ:  # once, not once per launched process
         logger.info("%s: %s", args.command, describe_batch(recipe, n))
@@ -138,7 +140,8 @@ def cmd_stage(args) -> None:
         if args.dry_run:
             print(f"{args.command} would run in this process (launcher: in-process)")
             return
-        recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))  # for this machine
+        if not launched:
+            recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))  # for this machine
         print(f"{args.command} output: {run_in_process(args.command, recipe, args.run_name)}")
         return
     command = launch_command(args.command, recipe.scale, launcher, n, args.recipe, args.set, run_name=args.run_name)

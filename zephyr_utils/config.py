@@ -57,8 +57,6 @@ RULES: dict[str, tuple[Callable[[typing.Any], bool], str]] = {
     "dtype": _one_of(DTYPES),
     "generation_backend": _one_of(BACKENDS),
     "launcher": _one_of(("in-process",) + LAUNCHERS),
-    "loss_type": (lambda v: set([v] if isinstance(v, str) else v) <= set(DPO_LOSS_TYPES + SFT_LOSS_TYPES),
-                  f"must be one of {', '.join(SFT_LOSS_TYPES)} for dSFT, a list of {', '.join(DPO_LOSS_TYPES)} for dDPO"),
     "warmup_steps": (lambda v: v >= 0, "must be 0 or more: a number of steps, or below 1 a share of them, e.g. 0.1"),
     "learning_rate": _above(0, "2e-5"),
     "num_train_epochs": _above(0, "1 (max_steps, when above 0, stops training sooner)"),
@@ -181,6 +179,7 @@ class TrainRecipe:
     given: dict  # the fields of `args` that the recipe file and the overrides set (the rest are TRL's defaults)
 
     config_name: typing.ClassVar[str] = ""  # the name of `args`' class in trl
+    loss_types: typing.ClassVar[tuple[str, ...]] = ()  # the values its loss_type takes
 
     @classmethod
     def classes(cls) -> tuple[type, type, type]:
@@ -192,6 +191,11 @@ class TrainRecipe:
     def output_dir(self) -> str:
         """The output directory the recipe names; "" (the default) for runs/<scale>/<stage> (`runs.stage_dir`)."""
         return self.given.get("output_dir") or ""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in ("script", "args", "model", "given"):  # `recipe.learning_rate = x` would not reach the trainer
+            raise AttributeError(f"a recipe's fields are set when it loads: load_recipe(..., {name}=...) or --set {name}=...")
+        super().__setattr__(name, value)
 
     def __getattr__(self, name: str):
         parts = [self.__dict__[k] for k in ("script", "args", "model") if k in self.__dict__]
@@ -217,10 +221,12 @@ class TrainRecipe:
 
 class SFTRecipe(TrainRecipe):
     config_name = "SFTConfig"
+    loss_types = SFT_LOSS_TYPES
 
 
 class DPORecipe(TrainRecipe):
     config_name = "DPOConfig"
+    loss_types = DPO_LOSS_TYPES
 
 
 @dataclass
@@ -272,7 +278,7 @@ class EvalRecipe(Recipe):
     lm_eval_batch_size: str = "auto"
 
 
-STAGES: dict[str, type[Recipe]] = {
+STAGES: dict[str, type] = {
     "base": TinyBaseRecipe,
     "sft": SFTRecipe,
     "aif": AIFRecipe,
@@ -319,7 +325,7 @@ def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.Path
                               f"{in_file}, or delete the {key} line from the file")
         if key in fields and key not in values:
             values[key] = value  # saved recipe.yaml files have both; they load when they agree with what is given
-    check_values(cls, dict(overrides), f"{path} with --set")  # a mistake in an override is named as one
+    check_values(cls, dict(overrides), f"{path} with overrides (--set)")  # a mistake in an override is named as one
     values.update(overrides)
     if issubclass(cls, TrainRecipe):
         return build_train_recipe(cls, values, str(path), processes, cpu)
@@ -366,20 +372,34 @@ def build_train_recipe(cls: type[TrainRecipe], values: dict, source: str = "<ove
     values = check_values(cls, dict(values), source)
     config_fields = set(field_types(config_class))
     given = {k: v for k, v in values.items() if k in config_fields}
-    script = script_class(**{k: v for k, v in values.items() if k in field_types(script_class)})
-    model = model_class(**{k: v for k, v in values.items() if k in field_types(model_class) and k not in config_fields})
-    validate({**dataclasses.asdict(script), **dataclasses.asdict(model), **given}, source)
-    if script.global_batch_size is not None and "gradient_accumulation_steps" in given:
+    defaults = {f.name: f.default for part in (script_class, model_class) for f in dataclasses.fields(part)
+                if f.default is not dataclasses.MISSING}
+    ours = defaults | {k: v for k, v in values.items() if k not in config_fields}  # ScriptArguments' and ModelConfig's
+    validate(ours | given, source)
+    if not ours["model_name_or_path"]:
+        raise RecipeError(f"{source}: field 'model_name_or_path' is not set: name the model to start from (a Hub id, a "
+                          f"path, or tiny, base, sft)")
+    losses = given.get("loss_type")
+    if losses is not None and not set([losses] if isinstance(losses, str) else losses) <= set(cls.loss_types):
+        raise RecipeError(f"{source}: field 'loss_type' is {losses!r}; {config_class.__name__} takes "
+                          f"{', '.join(cls.loss_types)}")
+    if ours["global_batch_size"] is not None and "gradient_accumulation_steps" in given:
         raise RecipeError(f"{source}: fields 'global_batch_size' and 'gradient_accumulation_steps' are both set: set only "
                           f"global_batch_size; the accumulation follows from it and the process count")
-    settings = machine_settings(given, script, model.dtype, processes or process_count(),
-                                not torch.cuda.is_available() if cpu is None else cpu)
-    try:
+    settings = machine_settings(given, ours["global_batch_size"], ours["dtype"], max_per_device(cls, given),
+                                processes or process_count(), not torch.cuda.is_available() if cpu is None else cpu)
+    try:  # TRL's and transformers' own checks of the configs run as they are built
         script, args, model = HfArgumentParser((script_class, config_class, model_class)).parse_dict(
-            {**dataclasses.asdict(script), **dataclasses.asdict(model), **given, **settings})
-    except ValueError as err:  # TRL's and transformers' own checks of the config
-        raise RecipeError(f"{source}: {config_class.__name__} rejects the recipe: {' '.join(str(err).split())}") from None
+            {**ours, **given, **settings})
+    except ValueError as err:
+        raise RecipeError(f"{source}: TRL rejects the recipe: {' '.join(str(err).split())}") from None
     return cls(script, args, model, given)
+
+
+def max_per_device(cls: type[TrainRecipe], given: dict) -> int:
+    """The most sequences a training recipe puts on one device at once: its per_device_train_batch_size, else
+    TRL's default."""
+    return given.get("per_device_train_batch_size", cls.classes()[1].__dataclass_fields__["per_device_train_batch_size"].default)
 
 
 def process_count() -> int:
@@ -387,26 +407,26 @@ def process_count() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def machine_settings(given: dict, script: ScriptArguments, dtype: str, processes: int, cpu: bool) -> dict:
-    """The TRL config fields that follow from the machine and the process count, for those `given` leaves unset:
+def machine_settings(given: dict, global_batch_size: int | None, dtype: str, max_per_device: int, processes: int,
+                     cpu: bool) -> dict:
+    """The TRL config fields that follow from the machine and the process count:
 
-    - the batch: with a `global_batch_size`, per_device_train_batch_size and gradient_accumulation_steps for
-      `processes` processes (`batch_plan`);
-    - on a CPU (`cpu`): use_cpu, no pinned memory, and no mixed precision (bf16 runs ~100x slower than fp32
-      on CPUs without bf16 instructions);
-    - on a GPU with `dtype: auto` (the demo recipes): bf16 where the GPU has it, fp16 on a T4 (`resolve_dtype`).
+    - the batch: with a `global_batch_size`, per_device_train_batch_size (at most `max_per_device`) and
+      gradient_accumulation_steps for `processes` processes (`batch_plan`);
+    - on a CPU (`cpu`): use_cpu, no pinned memory and, unless `given` sets them, no mixed precision (bf16 runs
+      ~100x slower than fp32 on CPUs without bf16 instructions);
+    - on a GPU, unless `given` sets them: the mixed precision of the weights' dtype (`resolve_dtype`): bf16 for
+      bfloat16 weights (with `dtype: auto`, where the GPU has it), fp16 for float16 (auto on a T4), none for
+      float32.
     """
     settings = {}
-    if script.global_batch_size is not None:
-        per_device = given.get("per_device_train_batch_size", 8)  # TRL's default: the most one device takes
+    if global_batch_size is not None:
         settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"] = batch_plan(
-            script.global_batch_size, per_device, processes)
+            global_batch_size, max_per_device, processes)
     if cpu:
         settings.update(use_cpu=True, dataloader_pin_memory=False)
-        settings.update({k: False for k in ("bf16", "fp16") if k not in given})
-    elif dtype == "auto":
-        weights = resolve_dtype("auto")
-        settings.update({k: weights == w for k, w in (("bf16", "bfloat16"), ("fp16", "float16")) if k not in given})
+    weights = "float32" if cpu else resolve_dtype(dtype)
+    settings.update({k: weights == w for k, w in (("bf16", "bfloat16"), ("fp16", "float16")) if k not in given})
     return settings
 
 
@@ -428,9 +448,10 @@ def validate(values: dict, source: str = "<overrides>") -> None:
             raise RecipeError(f"{source}: field 'dtype' is 'float16' with use_peft false: full fine-tuning in fp16 "
                               f"fails (\"Attempting to unscale FP16 gradients\"); set dtype: bfloat16 (float32 on a GPU "
                               f"without bf16), or use_peft: true")
-        if values.get("load_in_4bit"):
-            raise RecipeError(f"{source}: field 'load_in_4bit' is true with use_peft false: 4-bit weights cannot be "
-                              f"trained, only LoRA adapters on them; set use_peft: true (QLoRA), or load_in_4bit: false")
+        for bits in ("4", "8"):
+            if values.get(f"load_in_{bits}bit"):
+                raise RecipeError(f"{source}: field 'load_in_{bits}bit' is true with use_peft false: {bits}-bit weights "
+                                  f"cannot be trained, only LoRA adapters on them; set use_peft: true, or load_in_{bits}bit: false")
 
 
 def looks_local(value: str) -> bool:
@@ -524,7 +545,7 @@ def recipe_to_dict(recipe: Recipe | TrainRecipe) -> dict:
 
 
 def _dump(values: dict) -> str:
-    """YAML in the recipe files' format: one field a line, short lists on one line."""
+    """YAML in the recipe files' format: one field a line, a list on one line."""
     return "".join(yaml.safe_dump({k: v}, default_flow_style=True, width=10**6).strip()[1:-1] + "\n"
                    for k, v in values.items())
 
@@ -577,7 +598,7 @@ def train_batch(recipe: TrainRecipe, processes: int) -> tuple[int, int]:
     derived from `global_batch_size` when the recipe has one, else the TRL config's own two fields."""
     if recipe.global_batch_size is None:
         return recipe.args.per_device_train_batch_size, recipe.args.gradient_accumulation_steps
-    return batch_plan(recipe.global_batch_size, recipe.args.per_device_train_batch_size, processes)
+    return batch_plan(recipe.global_batch_size, max_per_device(type(recipe), recipe.given), processes)
 
 
 def describe_batch(recipe: TrainRecipe, processes: int) -> str:

@@ -463,23 +463,18 @@ def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = N
                                                               recipe.bootstrap_samples, recipe.seed,
                                                               recipe.max_judge_failure_share, progress)}
     if recipe.reference:
-        results["alpaca_eval"] = against_reference(recipe, judge, prompts, answers, models, progress)
+        results["alpaca_eval"] = against_reference(recipe, judge, prompts, answers, progress)
     return results, answers
 
 
-def against_reference(recipe, judge, prompts: list[dict], answers: dict, models: dict[str, str],
-                      progress: bool = True) -> dict:
+def against_reference(recipe, judge, prompts: list[dict], answers: dict, progress: bool = True) -> dict:
     """AlpacaEval-style (`alpaca_eval`): each model's first answers against those of `recipe.reference`, win rate
-    and length-controlled win rate, lengths in tokens of the first model's tokenizer."""
-    from transformers import AutoTokenizer
-
+    and length-controlled win rate, lengths in characters as AlpacaEval measures them."""
     first_turns = [{**p, "turns": p["turns"][:1]} for p in prompts]
     reference = answer_model(recipe, recipe.reference, first_turns, progress)
-    tokenizer = AutoTokenizer.from_pretrained(next(s for s in models.values() if not s.startswith(CONSTANT)))
-    count_tokens = lambda text: len(tokenizer(text)["input_ids"])  # noqa: E731
     return {"reference": recipe.reference, "models": {
-        name: alpaca_eval(judge, prompts, answers[name], reference, count_tokens, progress, recipe.max_judge_failure_share)
-        for name in models}}
+        name: alpaca_eval(judge, prompts, model_answers, reference, len, progress, recipe.max_judge_failure_share)
+        for name, model_answers in answers.items()}}
 
 
 def run_eval(recipe, run_name: str = "eval"):

@@ -36,7 +36,7 @@ def quantization_config(recipe: TrainRecipe):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:
-        raise ValueError("load_in_4bit (QLoRA) needs bitsandbytes and a CUDA GPU: pip install 'zephyr-utils[gpu]'") from err
+        raise ValueError("load_in_4bit or load_in_8bit (QLoRA) needs bitsandbytes and a CUDA GPU: pip install 'zephyr-utils[gpu]'") from err
     from trl import get_quantization_config
 
     return get_quantization_config(dataclasses.replace(recipe.model, dtype=resolve_dtype(recipe.dtype)))
@@ -86,7 +86,7 @@ def merge_lora(trainer, base_path: str, recipe: TrainRecipe):
     weights (stacked unmerged adapters are a classic source of broken chat behaviour). For QLoRA the
     base is reloaded in `recipe.dtype` first: merging into 4-bit weights would lose precision."""
     model = trainer.model
-    if recipe.load_in_4bit:
+    if recipe.load_in_4bit or recipe.load_in_8bit:
         from peft import PeftModel
 
         adapter_dir = Path(trainer.args.output_dir) / "adapter"

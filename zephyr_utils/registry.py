@@ -15,7 +15,7 @@ scale (`zephyr_utils.toy`) plugs in through the same calls a real dataset, model
 | `prompts`      | `factory(split, world_seed=...)`               | AIF prompt rows (prompt, prompt_id, messages) |
 | `eval_prompts` | `factory(world_seed=...)`                      | eval rows (prompt_id, turns)              |
 | `judge`        | `factory(world_seed=...)`                      | a `judges.Judge`                          |
-| `sampler`      | `factory(aif_recipe)`                          | a pool member called like `generation.Sampler` |
+| `sampler`      | `factory(aif_or_eval_recipe)`                  | a model called like `generation.Sampler` (a pool member, an eval reference) |
 | `base_model`   | `factory(recipe=None, world_seed=..., force=False)` | a directory `from_pretrained` loads  |
 """
 

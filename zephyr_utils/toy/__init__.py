@@ -6,7 +6,7 @@ Core modules never import this package: they look its pieces up by the names the
     dataset "toyworld"       the teacher's dSFT dialogues, written as JSON-lines files (`world`)
     prompts "toyworld"       the held-out AIF prompts of a split ("aif")
     eval_prompts "toyworld"  the two-turn evaluation prompts
-    sampler "teacher"        the teacher as an AIF pool member (`teacher`)
+    sampler "teacher"        the teacher as an AIF pool member and as the eval reference (`teacher`)
     judge "toy"              the world's oracle, written like an LLM judge (`judge`)
     base_model "tiny"        a few-million-parameter model pretrained on the world's text (`base_model`)
 """

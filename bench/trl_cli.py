@@ -29,6 +29,7 @@ def commands(work: Path, steps: int) -> dict[str, list[str]]:
     """The two commands, for one output directory each under `work`."""
     from zephyr_utils import registry
     from zephyr_utils.config import load_recipe
+    from zephyr_utils.data import load_sft_data
     from zephyr_utils.models import load_tokenizer
 
     recipe = load_recipe("sft", "tiny", max_steps=steps)
@@ -37,11 +38,10 @@ def commands(work: Path, steps: int) -> dict[str, list[str]]:
     if not model_dir.is_dir():  # the base model with the Zephyr template on its tokenizer, as `zephyr sft` sets it
         shutil.copytree(base, model_dir)
         load_tokenizer(str(base)).save_pretrained(model_dir)
-        source = Path(registry.lookup("dataset", recipe.dataset)(world_seed=recipe.world_seed)) / "sft"
+        data_dir.mkdir()
         for split in (recipe.train_split, recipe.eval_split):  # the `messages` column, as `zephyr sft` selects it
-            rows = [json.loads(line) for line in (source / f"{split}.jsonl").read_text().splitlines()]
-            data_dir.mkdir(exist_ok=True)
-            (data_dir / f"{split}.jsonl").write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in rows))
+            rows = load_sft_data(recipe.dataset, split, recipe.world_seed).select_columns(["messages"])
+            rows.to_json(data_dir / f"{split}.jsonl")  # JSON lines
     config = {**recipe.given, "model_name_or_path": str(model_dir), "dtype": recipe.dtype,
               "attn_implementation": recipe.attn_implementation, "use_cpu": True, "dataset_name": str(data_dir),
               "dataset_train_split": recipe.train_split, "dataset_test_split": recipe.eval_split, "report_to": "none"}
@@ -73,7 +73,7 @@ def main() -> None:
         for k in range(repeats):
             for name, command in commands(work, steps).items():
                 out = work / ("zephyr" if name == "zephyr sft" else "trl")
-                subprocess.run(["rm", "-rf", str(out)], check=True)
+                shutil.rmtree(out, ignore_errors=True)
                 runs[name].append(timed(command, out))
                 print(name, k, json.dumps(runs[name][-1]), flush=True)
     median = {name: {key: statistics.median(r[key] for r in rs) for key in ("wall_s", "train_runtime_s")} for name, rs in runs.items()}

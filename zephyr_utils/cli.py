@@ -124,10 +124,13 @@ def default_num_processes(recipe) -> int:
 def cmd_stage(args) -> None:
     if args.preset:
         args.set = [*args.set, f"preset={args.preset}"]  # so the launched processes get it too
+    def load(cpu: bool | None):
+        return load_recipe(args.command, args.scale, args.recipe, cpu=cpu, **parse_sets(args.set))
+
     launched = args.in_process or "LOCAL_RANK" in os.environ  # a process `accelerate launch` started: it trains
     # Otherwise the recipe is checked as if on a CPU (`load_recipe`'s `cpu`), so that a process that only launches
     # others holds no GPU; it is built for this machine below if it runs here after all.
-    recipe = load_recipe(args.command, args.scale, args.recipe, cpu=None if launched else True, **parse_sets(args.set))
+    recipe = load(cpu=None if launched else True)
     if args.dry_run and getattr(recipe, "benchmarks", None):
         print(describe_plan(recipe))
         return
@@ -141,7 +144,7 @@ def cmd_stage(args) -> None:
             print(f"{args.command} would run in this process (launcher: in-process)")
             return
         if not launched:
-            recipe = load_recipe(args.command, args.scale, args.recipe, **parse_sets(args.set))  # for this machine
+            recipe = load(cpu=None)  # for this machine
         print(f"{args.command} output: {run_in_process(args.command, recipe, args.run_name)}")
         return
     command = launch_command(args.command, recipe.scale, launcher, n, args.recipe, args.set, run_name=args.run_name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import os
 import types
 import typing
@@ -116,7 +117,7 @@ class Recipe:
     output_dir: str = ""  # empty: runs/<scale>/<stage> under the runs directory
 
     def to_yaml(self) -> str:
-        """The recipe as YAML, one field a line, in the recipe files' format (short lists on one line)."""
+        """The recipe as YAML, one field a line, in the recipe files' format (`_dump`)."""
         return _dump(recipe_to_dict(self))
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -332,8 +333,10 @@ def load_recipe(stage: str, scale: str | None = None, recipe_file: str | os.Path
     return build_recipe(cls, values, source=str(path))
 
 
+@functools.cache
 def field_types(cls: type) -> dict[str, typing.Any]:
-    """{field: type hint} of a stage's recipe class; of all three configs for a training recipe."""
+    """{field: type hint} of a stage's recipe class; of all three configs for a training recipe (computed once
+    per class: a recipe load asks several times, and TRL's configs have ~140 fields)."""
     if issubclass(cls, TrainRecipe):
         return {name: hint for part in cls.classes() for name, hint in field_types(part).items()}
     names = {f.name for f in dataclasses.fields(cls) if f.init}

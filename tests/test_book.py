@@ -33,53 +33,6 @@ def test_no_page_references_a_remote_script_style_or_image(built_book):
         assert not remote, f"{page.name} loads {remote}"
 
 
-@pytest.fixture
-def served(built_book):
-    root = str(built_book / "html")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=root))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.mark.parametrize("page", ["intro.html"] + [f"notebooks/{c}.html" for c in CHAPTERS])
-def test_pages_render_in_chromium_with_no_failed_or_remote_request(served, page, tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it where apt-get is available)")
-    from playwright.sync_api import sync_playwright
-
-    requests, failed = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-            "--disable-component-update", "--disable-sync"])  # playwright gives it a fresh profile
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            tab.on("request", lambda r: requests.append(r.url))
-            tab.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
-            tab.goto(f"{served}/{page}", wait_until="networkidle")
-            tab.wait_for_timeout(500)
-            broken_images = tab.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
-            title = tab.title()
-            has_math = tab.locator("mjx-container").count()
-            tab.screenshot(path=str(tmp_path / "page.png"))
-        finally:
-            browser.close()
-    assert not failed, failed
-    assert all(u.startswith(served) or u.startswith("data:") for u in requests), [u for u in requests if not u.startswith(served)]
-    assert not broken_images, broken_images
-    assert title, "the page has no title"
-    if page.endswith("03_ddpo.html"):
-        assert has_math > 5  # the DPO derivation is typeset by the local MathJax
-
-
 # Clean pages: what a reader of the built book meets. The pages are those of the table of contents.
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,29 +165,66 @@ MEASURE = """() => {
 }"""
 
 
-@pytest.mark.parametrize("page", toc_pages())
-def test_nothing_is_wider_than_the_text_column_and_figures_are_legible(served, page, tmp_path):
-    """At 1280 px: no table, code block, output or figure is wider than the text column or scrolls inside
-    it, and every figure is shown at a legible size (see MIN_FIGURE_PX and MIN_FIGURE_SCALE)."""
+@pytest.fixture(scope="module")
+def served(built_book):
+    root = str(built_book / "html")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=root))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # shutdown() waits a poll
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module's page tests; each test opens its own page (a fresh context)."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (make test installs it where apt-get is available)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
+        launched = p.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            tab = browser.new_page(viewport=VIEWPORT)
-            tab.goto(f"{served}/{page}", wait_until="networkidle")
-            tab.wait_for_timeout(500)  # MathJax typesets after the load
-            measured = tab.evaluate(MEASURE)
+            "--disable-component-update", "--disable-sync"])  # playwright gives it a fresh profile
+        yield launched
+        launched.close()
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_pages_render_offline_in_chromium_within_the_text_column(served, browser, page, tmp_path):
+    """Each page of the table of contents in headless Chromium at 1280 px: every request goes to the book's own
+    server and succeeds, every image loads, the page has a title; no table, code block, output or figure is
+    wider than the text column or scrolls inside it, and every figure is shown at a legible size (see
+    MIN_FIGURE_PX and MIN_FIGURE_SCALE)."""
+    requests, failed = [], []
+    tab = browser.new_page(viewport=VIEWPORT)
+    try:
+        tab.on("request", lambda r: requests.append(r.url))
+        tab.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
+        tab.goto(f"{served}/{page}", wait_until="networkidle")
+        tab.evaluate("() => window.MathJax?.startup?.promise")  # MathJax typesets after the load
+        broken_images = tab.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
+        title = tab.title()
+        has_math = tab.locator("mjx-container").count()
+        measured = tab.evaluate(MEASURE)
+        small = [f"figure {f['src']} shown {f['width']:.0f} px wide, drawn {f['natural']} px wide" for f in measured["figures"]
+                 if f["width"] < MIN_FIGURE_PX or f["width"] < MIN_FIGURE_SCALE * f["natural"]]
+        problems = small + measured["wide"]
+        if problems or measured["column"] < 600:  # a picture of the page, for the failure message
             tab.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-        finally:
-            browser.close()
+    finally:
+        tab.close()
+    assert not failed, failed
+    assert all(u.startswith(served) or u.startswith("data:") for u in requests), [u for u in requests if not u.startswith(served)]
+    assert not broken_images, broken_images
+    assert title, "the page has no title"
+    if page.endswith("03_ddpo.html"):
+        assert has_math > 5  # the DPO derivation is typeset by the local MathJax
     assert measured["column"] >= 600, measured["column"]  # the theme's column, as the limits above assume
-    small = [f"figure {f['src']} shown {f['width']:.0f} px wide, drawn {f['natural']} px wide" for f in measured["figures"]
-             if f["width"] < MIN_FIGURE_PX or f["width"] < MIN_FIGURE_SCALE * f["natural"]]
-    problems = small + measured["wide"]
     assert not problems, f"{page} (screenshot {tmp_path / 'page.png'}): " + "; ".join(problems[:8])

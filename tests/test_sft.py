@@ -129,8 +129,8 @@ def test_dsft_model_follows_the_template_and_base_does_not(tiny_sft, tiny_base, 
     assert sft_rate >= 0.95 and base_rate < 0.2
 
 
-# `zephyr sft` whose Trainer saves its checkpoints as usual and prints each one's step, except that the save of
-# checkpoint-<argv[1]> is cut short: its weights written, its trainer_state.json torn, then SIGKILL.
+# `zephyr sft` whose Trainer saves its checkpoints as usual, except that the save of checkpoint-<argv[1]> is cut
+# short: its weights written, its trainer_state.json torn, then SIGKILL.
 SAVE_THEN_DIE = r"""
 import os, signal, sys
 from pathlib import Path
@@ -141,7 +141,6 @@ kill_at, save = int(sys.argv[1]), transformers.Trainer._save_checkpoint
 
 def save_checkpoint(self, model, trial):
     step = self.state.global_step
-    print(f"saving checkpoint-{step}", flush=True)
     if step == kill_at:
         folder = Path(self.args.output_dir) / f"checkpoint-{step}"
         self.save_model(str(folder), _internal_call=True)
@@ -157,25 +156,31 @@ main(sys.argv[2:])
 """
 
 
-def test_training_killed_while_saving_resumes_from_the_checkpoint_before(tmp_path, tiny_base_path):
+def test_training_killed_while_saving_resumes_from_the_checkpoint_before(tmp_path, tiny_base_path, monkeypatch, capsys):
+    """Killed (in a process of its own) while saving checkpoint-4; the rerun (in this process) resumes."""
+    import transformers
+
+    from zephyr_utils.cli import main
+
     out = tmp_path / "sft"
-    env = {**os.environ, "ZEPHYR_RUNS": str(tmp_path), "ZEPHYR_PROGRESS": "0"}
-
-    def sft(kill_at):
-        sets = [f"output_dir={out}", "max_steps=6", "save_steps=2", "logging_steps=1"]
-        return subprocess.run([sys.executable, "-c", SAVE_THEN_DIE, str(kill_at), "sft", "--scale", "tiny",
-                               *(arg for pair in sets for arg in ("--set", pair))], env=env, capture_output=True, text=True,
-                              timeout=600)
-
-    killed = sft(kill_at=4)
+    monkeypatch.setenv("ZEPHYR_RUNS", str(tmp_path))
+    monkeypatch.setenv("ZEPHYR_PROGRESS", "0")
+    args = ["sft", "--scale", "tiny", *(arg for pair in [f"output_dir={out}", "max_steps=6", "save_steps=2", "logging_steps=1"]
+                                        for arg in ("--set", pair))]
+    killed = subprocess.run([sys.executable, "-c", SAVE_THEN_DIE, "4", *args], env=dict(os.environ), capture_output=True,
+                            text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (out / "checkpoint-4").is_dir() and not (out / "model.safetensors").exists()
-    resumed = sft(kill_at=0)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    lines = resumed.stdout.splitlines()  # logged through `logging`, shown on stdout by the CLI; relative to the runs dir
+
+    saved, save = [], transformers.Trainer._save_checkpoint
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint",
+                        lambda self, model, trial: (saved.append(self.state.global_step), save(self, model, trial))[-1])
+    capsys.readouterr()
+    main(args)
+    lines = capsys.readouterr().out.splitlines()  # logged through `logging`, shown on stdout by the CLI; relative to the runs dir
     assert "deleting runs/sft/checkpoint-4: its save did not finish (no readable trainer_state.json)" in lines
     assert "resuming from runs/sft/checkpoint-2" in lines
-    assert [line for line in lines if line.startswith("saving ")] == ["saving checkpoint-4", "saving checkpoint-6"]
+    assert saved == [4, 6]
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and (out / "model.safetensors").is_file()
     # the log of steps 1-2 came back with the checkpoint; the resumed run logged steps 3-6 once each

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from zephyr_utils.ablations import ablation_overrides, epoch_checkpoints, train_reward_accuracy
+from zephyr_utils.ablations import ablation_overrides, epoch_checkpoints, same_weights, train_reward_accuracy
 
 
 def test_dpo_without_dsft_is_the_dpo_recipe_from_the_base_model(tmp_path, monkeypatch):
@@ -44,3 +44,14 @@ def test_epoch_checkpoints_are_the_ones_saved_at_an_epochs_end(tmp_path):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"epoch": epoch}))
     assert epoch_checkpoints(tmp_path) == [(1, tmp_path / "checkpoint-30"), (2, tmp_path / "checkpoint-60"),
                                            (3, tmp_path / "checkpoint-90")]
+
+
+def test_a_checkpoint_with_the_final_weights_is_found_by_its_bytes(tmp_path):
+    """run_table3 grades such a checkpoint once, as the dDPO row (the last epoch's, in full fine-tuning)."""
+    for name, weights in (("final", b"w3"), ("checkpoint-3", b"w3"), ("checkpoint-2", b"w2"), ("sharded", b"")):
+        (tmp_path / name).mkdir()
+        if weights:
+            (tmp_path / name / "model.safetensors").write_bytes(weights)
+    assert same_weights(tmp_path / "checkpoint-3", tmp_path / "final")
+    assert not same_weights(tmp_path / "checkpoint-2", tmp_path / "final")
+    assert not same_weights(tmp_path / "sharded", tmp_path / "final")  # no single weights file: graded on its own

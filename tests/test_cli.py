@@ -129,18 +129,18 @@ def test_two_process_cpu_launch_of_sft_and_dpo(tmp_path, tiny_base_path, world):
     sft_dir, dpo_dir, prefs = tmp_path / "sft", tmp_path / "dpo", tmp_path / "prefs"
     write_jsonl(toy_pairs(world, 48), prefs / "train.jsonl")
     write_jsonl(toy_pairs(world, 56)[48:], prefs / "test.jsonl")
-    for stage, sets in (("sft", [f"output_dir={sft_dir}", "max_steps=8", "save_steps=4", "logging_steps=2"]),
+    for stage, sets in (("sft", [f"output_dir={sft_dir}", "max_steps=4", "save_steps=2", "logging_steps=1"]),
                         ("dpo", [f"output_dir={dpo_dir}", f"model_name_or_path={sft_dir}", f"dataset={prefs}",
                                  "max_steps=4", "save_steps=2", "logging_steps=1", "per_device_train_batch_size=4"])):
         command = launch_command(stage, "tiny", None, 2, sets=sets, cpu=True)
         done = subprocess.run([accelerate_executable()] + command[1:], env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         out = sft_dir if stage == "sft" else dpo_dir
-        state = json.loads((out / f"checkpoint-{8 if stage == 'sft' else 4}" / "trainer_state.json").read_text())
-        assert state["global_step"] == (8 if stage == "sft" else 4)
+        state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+        assert state["global_step"] == 4
         if stage == "sft":  # two processes share each step: an epoch takes ceil(n / (16 x 2)) steps, not n / 16
             n = len(load_sft_data("toyworld", "train"))
-            assert state["epoch"] == pytest.approx(8 / math.ceil(n / 32), abs=0.01)
+            assert state["epoch"] == pytest.approx(4 / math.ceil(n / 32), abs=0.001)
         model, tokenizer = load_model(str(out))
         assert tokenizer.chat_template and model.config.model_type == "mistral"
 

@@ -76,4 +76,5 @@ def test_04_evaluation(built_book):
     assert m["dpo"]["adherence"] >= 0.8 and m["dpo_only"]["adherence"] <= 0.2 and m["base"]["adherence"] <= 0.2
     assert m["sft"]["score"] >= m["idk"]["score"] + 1.5
     assert len(table3["epochs"]) >= 3 and all(e["train_reward_accuracy"] is not None for e in table3["epochs"])
+    assert table3["epochs"][-1]["score"] == m["dpo"]["score"]  # the last epoch's checkpoint is the final model
     assert images_of(nb) >= 2  # scores and pairwise; the epochs plot

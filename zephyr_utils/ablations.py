@@ -15,6 +15,7 @@ At `tiny` scale the ablations train in this process; at `demo`/`full` they run a
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
 import math
 from pathlib import Path
@@ -64,6 +65,12 @@ def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def same_weights(a: str | Path, b: str | Path) -> bool:
+    """Whether two model directories hold byte-identical weights (one model.safetensors file each)."""
+    a, b = Path(a) / "model.safetensors", Path(b) / "model.safetensors"
+    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
+
+
 def train_reward_accuracy(log_history: list[dict]) -> dict[int, float]:
     """{epoch k: mean of the logged train `rewards/accuracies` with epoch in (k - 1, k]}."""
     by_epoch: dict[int, list[float]] = {}
@@ -88,7 +95,9 @@ def run_table3(scale: str | None = None, progress: bool = True, sets: dict | Non
               "sft2": str(train_ablation("sft2", scale, **overrides, **sets.get("sft", {}))), "dpo": str(dpo),
               "idk": CONSTANT + IDK}
     checkpoints = epoch_checkpoints(dpo)
-    models.update({f"dpo_epoch{k}": str(path) for k, path in checkpoints})
+    # a checkpoint that holds the final weights (the last epoch's, in full fine-tuning) is the dDPO row: graded once
+    epoch_rows = {k: "dpo" if same_weights(path, dpo) else f"dpo_epoch{k}" for k, path in checkpoints}
+    models.update({epoch_rows[k]: str(path) for k, path in checkpoints if epoch_rows[k] != "dpo"})
     results, answers = evaluate(dataclasses.replace(evaluation, reference=""), models, compare=("dpo", "sft"),
                                 progress=progress, answered=answered)  # Table 3 is judged scores: no reference needed
     accuracy = train_reward_accuracy(json.loads((dpo / "log_history.json").read_text()))
@@ -97,8 +106,8 @@ def run_table3(scale: str | None = None, progress: bool = True, sets: dict | Non
         **results,
         "models": {name: {k: v for k, v in m.items() if k != "ratings"} for name, m in graded.items() if "epoch" not in name},
         "dpo_vs_sft": {k: v for k, v in pairwise.items() if k not in ("a", "b")},
-        "epochs": [{"epoch": k, "train_reward_accuracy": accuracy.get(k), "score": graded[f"dpo_epoch{k}"]["score"],
-                    "ci95": graded[f"dpo_epoch{k}"]["ci95"]} for k, _ in checkpoints],
+        "epochs": [{"epoch": k, "train_reward_accuracy": accuracy.get(k), "score": graded[epoch_rows[k]]["score"],
+                    "ci95": graded[epoch_rows[k]]["ci95"]} for k, _ in checkpoints],
         "answers": {name: [[c.text for c in turns] for turns in a] for name, a in answers.items() if "epoch" not in name},
     }
     out = runs.stage_dir(evaluation, "table3")

@@ -232,6 +232,8 @@ def test_training_load_uses_the_policy_dtype_and_no_device_map(monkeypatch):
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda path, **kwargs: loads.append(kwargs))
     models.load_model("some/base", load_recipe("sft", "demo", cpu=True))
     assert loads[0]["dtype"] == torch.float16 and "device_map" not in loads[0]
+    models.load_model("some/base", load_recipe("sft", "demo", cpu=True, model_revision="a1b2c3d"))  # a pinned commit
+    assert loads[0]["revision"] == "main" and loads[1]["revision"] == "a1b2c3d"
 
 
 def test_completion_logps_runs_on_the_models_device():

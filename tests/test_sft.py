@@ -34,6 +34,13 @@ def test_every_shipped_sft_recipe_is_trls_own_config(scale, tmp_path):
         assert lora is None
 
 
+def test_lora_targets_one_module_by_its_name():
+    """TRL's ModelConfig turns a list of one into a string, which peft reads as a regex of the whole module
+    name ("q_proj" would match nothing); "all-linear" stays peft's keyword."""
+    assert lora_config(load_recipe("sft", "demo", cpu=True, lora_target_modules=["q_proj"])).target_modules == {"q_proj"}
+    assert lora_config(load_recipe("sft", "demo", cpu=True, lora_target_modules=["all-linear"])).target_modules == "all-linear"
+
+
 def test_tiny_sft_config_turns_off_trls_cpu_traps(tmp_path, monkeypatch):
     """TRL's configs default to bf16 and activation checkpointing, ~17x slower on a CPU. The tiny recipe's
     config, built as on a machine without a GPU (the real one may have one), has neither."""

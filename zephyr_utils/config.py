@@ -396,6 +396,9 @@ def build_train_recipe(cls: type[TrainRecipe], values: dict, source: str = "<ove
             {**ours, **given, **settings})
     except ValueError as err:
         raise RecipeError(f"{source}: TRL rejects the recipe: {' '.join(str(err).split())}") from None
+    targets = ours["lora_target_modules"]
+    if isinstance(targets, list) and len(targets) == 1 and targets != ["all-linear"]:
+        model.lora_target_modules = targets  # ModelConfig makes a list of one a string, which peft reads as a regex
     return cls(script, args, model, given)
 
 

@@ -17,11 +17,12 @@ from .config import TrainRecipe
 from .device import keep_freed_memory, resolve_dtype
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
-    """The tokenizer with the Zephyr chat template and a pad token."""
+def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str = "main"):
+    """The tokenizer with the Zephyr chat template and a pad token. (`revision`: of a Hub repository; a local
+    directory has none.)"""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     apply_zephyr_template(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
@@ -71,7 +72,7 @@ def load_model(path: str, recipe: TrainRecipe):
         keep_freed_memory()
 
     kwargs = {"dtype": getattr(torch, resolve_dtype(recipe.dtype)), "use_safetensors": True,
-              "trust_remote_code": recipe.trust_remote_code}
+              "trust_remote_code": recipe.trust_remote_code, "revision": recipe.model_revision}
     if recipe.attn_implementation:
         kwargs["attn_implementation"] = recipe.attn_implementation
     quant = quantization_config(recipe)
@@ -94,6 +95,6 @@ def merge_lora(trainer, base_path: str, recipe: TrainRecipe):
         from transformers import AutoModelForCausalLM
 
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, resolve_dtype(recipe.dtype)),
-                                                    use_safetensors=True)
+                                                    use_safetensors=True, revision=recipe.model_revision)
         model = PeftModel.from_pretrained(base, adapter_dir)
     return model.merge_and_unload()

@@ -29,7 +29,7 @@ def train_sft(recipe: SFTRecipe, callbacks: list | None = None, run_name: str = 
     source = runs.resolve(recipe.dataset, recipe.scale, recipe.preset, recipe.world_seed)
     train = subsample(load_sft_data(source, recipe.train_split, recipe.world_seed), recipe.max_train_samples, recipe.seed)
     evaluation = subsample(load_sft_data(source, recipe.eval_split, recipe.world_seed), recipe.max_eval_samples, recipe.seed)
-    tokenizer = load_tokenizer(base_path, recipe.trust_remote_code)
+    tokenizer = load_tokenizer(base_path, recipe.trust_remote_code, recipe.model_revision)
     runs.begin(output_dir)  # an earlier run's manifest goes: the directory holds a run in progress
     args = training_args(recipe, output_dir)  # built when the recipe loaded: under ZeRO-3 the model loads as shards
     trainer = SFTTrainer(

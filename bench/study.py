@@ -65,13 +65,14 @@ def one_run(world_seed: int, seed: int, root: Path, sets: dict | None = None, pr
 
 def summarize(runs: list[dict]) -> dict:
     """The study's distribution: per model the median score, and how often each claim held."""
+    from zephyr_utils.ablations import table3_order_holds
+
     def share(flags):
         return f"{sum(flags)}/{len(flags)}"
 
     d = [r["dpo_vs_sft"] for r in runs]
     s = {name: [r["models"][name]["score"] for r in runs] for name in runs[0]["models"]}
-    order = [r["models"]["dpo_only"]["score"] < r["models"]["sft"]["score"] < r["models"]["dpo"]["score"]
-             and r["models"]["sft2"]["score"] < r["models"]["dpo"]["score"] for r in runs]
+    order = [table3_order_holds({name: m["score"] for name, m in r["models"].items()}) for r in runs]
     return {
         "runs": len(runs),
         "median_score": {name: statistics.median(v) for name, v in s.items()},

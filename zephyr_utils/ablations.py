@@ -43,6 +43,12 @@ def ablation_overrides(name: str, scale: str | None = None, **overrides) -> tupl
     raise ValueError(f"unknown ablation {name!r}; expected dpo_only or sft2")
 
 
+def table3_order_holds(scores: dict[str, float]) -> bool:
+    """The paper's Table 3 order, from {row: judged score}: dDPO without dSFT < dSFT-1 < dSFT + dDPO, and
+    dSFT-2 < dSFT + dDPO."""
+    return scores["dpo_only"] < scores["sft"] < scores["dpo"] and scores["sft2"] < scores["dpo"]
+
+
 def train_ablation(name: str, scale: str | None = None, **overrides) -> Path:
     """Train ablation `name` with its stage's recipe; returns its output directory. Its manifest names it
     `name`, so later stages never take it for the dSFT or dDPO run (see `runs.find`)."""

@@ -72,7 +72,7 @@ def summarize(runs: list[dict]) -> dict:
 
     d = [r["dpo_vs_sft"] for r in runs]
     s = {name: [r["models"][name]["score"] for r in runs] for name in runs[0]["models"]}
-    order = [table3_order_holds({name: m["score"] for name, m in r["models"].items()}) for r in runs]
+    order = [table3_order_holds(r["models"]) for r in runs]
     return {
         "runs": len(runs),
         "median_score": {name: statistics.median(v) for name, v in s.items()},

@@ -422,11 +422,12 @@ def test_a_flaky_endpoint_is_repaired_by_a_rerun(tmp_path, tiny_base_path, monke
         assert len(summary["missing"]) == min(failed, 100) and all("gave up after 3 attempts" in m["error"] for m in summary["missing"])
         assert not (out / "preferences" / "train.jsonl").exists()
 
-        run(out, healthy)
-        assert healthy.requests == failed  # only the failed ratings were asked again
-        # a healthy run from the same completions (that a rerun samples the same is the SIGKILL test's)
+        # a healthy run from the flaky run's completions, copied before the rerun touches them (that a rerun samples
+        # the same completions is the SIGKILL test's)
         (tmp_path / "healthy").mkdir()
         shutil.copy(out / "completions.jsonl", tmp_path / "healthy" / "completions.jsonl")
+        run(out, healthy)
+        assert healthy.requests == failed  # only the failed ratings were asked again
         run(tmp_path / "healthy", fresh)
         assert fresh.requests == 480
         for name in ("preferences/train.jsonl", "preferences/test.jsonl", "summary.json"):

@@ -43,10 +43,11 @@ def ablation_overrides(name: str, scale: str | None = None, **overrides) -> tupl
     raise ValueError(f"unknown ablation {name!r}; expected dpo_only or sft2")
 
 
-def table3_order_holds(scores: dict[str, float]) -> bool:
-    """The paper's Table 3 order, from {row: judged score}: dDPO without dSFT < dSFT-1 < dSFT + dDPO, and
-    dSFT-2 < dSFT + dDPO."""
-    return scores["dpo_only"] < scores["sft"] < scores["dpo"] and scores["sft2"] < scores["dpo"]
+def table3_order_holds(models: dict[str, dict]) -> bool:
+    """The paper's Table 3 order, from `run_table3`'s "models" ({row: {"score": ...}}): dDPO without dSFT <
+    dSFT-1 < dSFT + dDPO, and dSFT-2 < dSFT + dDPO."""
+    s = {row: m["score"] for row, m in models.items()}
+    return s["dpo_only"] < s["sft"] < s["dpo"] and s["sft2"] < s["dpo"]
 
 
 def train_ablation(name: str, scale: str | None = None, **overrides) -> Path:
@@ -72,7 +73,8 @@ def epoch_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def same_weights(a: str | Path, b: str | Path) -> bool:
-    """Whether two model directories hold byte-identical weights (one model.safetensors file each)."""
+    """Whether two model directories hold byte-identical weights, one model.safetensors file each (sharded
+    weights and LoRA adapters are never taken for the same model)."""
     a, b = Path(a) / "model.safetensors", Path(b) / "model.safetensors"
     return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
 
@@ -101,7 +103,7 @@ def run_table3(scale: str | None = None, progress: bool = True, sets: dict | Non
               "sft2": str(train_ablation("sft2", scale, **overrides, **sets.get("sft", {}))), "dpo": str(dpo),
               "idk": CONSTANT + IDK}
     checkpoints = epoch_checkpoints(dpo)
-    # a checkpoint that holds the final weights (the last epoch's, in full fine-tuning) is the dDPO row: graded once
+    # a checkpoint with the final model's very weights file (the last epoch's, at tiny scale) is the dDPO row: graded once
     epoch_rows = {k: "dpo" if same_weights(path, dpo) else f"dpo_epoch{k}" for k, path in checkpoints}
     models.update({epoch_rows[k]: str(path) for k, path in checkpoints if epoch_rows[k] != "dpo"})
     results, answers = evaluate(dataclasses.replace(evaluation, reference=""), models, compare=("dpo", "sft"),

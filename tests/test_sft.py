@@ -180,8 +180,12 @@ def test_training_killed_while_saving_resumes_from_the_checkpoint_before(tmp_pat
     assert (out / "checkpoint-4").is_dir() and not (out / "model.safetensors").exists()
 
     saved, save = [], transformers.Trainer._save_checkpoint
-    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint",
-                        lambda self, model, trial: (saved.append(self.state.global_step), save(self, model, trial))[-1])
+
+    def recorded_save(self, model, trial):
+        saved.append(self.state.global_step)
+        return save(self, model, trial)
+
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", recorded_save)
     capsys.readouterr()
     main(args)
     lines = capsys.readouterr().out.splitlines()  # logged through `logging`, shown on stdout by the CLI; relative to the runs dir

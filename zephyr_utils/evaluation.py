@@ -448,9 +448,15 @@ def evaluate(recipe, models: dict[str, str], compare: tuple[str, str] | None = N
     prompts = load_eval_prompts(recipe.prompts, world_seed=recipe.world_seed)
     answered = answered or {}
     check_same_prompts(prompts, **answered)
-    answers = {name: answered[name] if name in answered else constant_answers(prompts, source[len(CONSTANT):])
-               if source.startswith(CONSTANT) else answer_model(recipe, source, prompts, progress)
-               for name, source in models.items()}  # one model at a time
+
+    def answer(name: str, source: str) -> list[list[Completion]]:
+        if name in answered:
+            return answered[name]
+        if source.startswith(CONSTANT):
+            return constant_answers(prompts, source[len(CONSTANT):])
+        return answer_model(recipe, source, prompts, progress)
+
+    answers = {name: answer(name, source) for name, source in models.items()}  # one model at a time
     judge = make_judge(recipe.judge, recipe.judge_base_url, world_seed=recipe.world_seed)  # after: a local judge gets the GPU
     results = {"judge": judge.name, "prompts": len(prompts), "world_seed": recipe.world_seed, "models": {}}
     for name in models:
